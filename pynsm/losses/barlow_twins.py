@@ -1,0 +1,108 @@
+"""Barlow Twins: make the cross-correlation of two views the identity."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from pynsm import distributed
+
+
+def barlow_twins_loss(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    lambda_param: float = 0.005,
+    gather_distributed: bool = False,
+) -> torch.Tensor:
+    """Barlow Twins loss (Zbontar et al. 2021, Algorithm 1).
+
+    Each view is standardised along the batch (mean 0, unbiased std 1 per
+    feature); ``c = z_a_norm.T @ z_b_norm / N`` is their ``[D, D]``
+    cross-correlation and the loss is
+    ``sum_i (1 - c_ii)^2 + lambda_param * sum_{i != j} c_ij^2``.
+
+    Args:
+        z_a: ``[N, D]`` embeddings of the first views.
+        z_b: ``[N, D]`` embeddings of the second views.
+        lambda_param: Weight of the redundancy-reduction (off-diagonal) term.
+        gather_distributed: Standardise and correlate over the batches of all
+            processes (gathered with gradients), as one process with the whole
+            batch would.
+
+    Returns:
+        Scalar loss.
+
+    Example:
+        >>> import torch
+        >>> from pynsm.losses import barlow_twins_loss
+        >>> z = torch.randn(64, 8)
+        >>> bool(barlow_twins_loss(z, z) < barlow_twins_loss(z, torch.randn(64, 8)))
+        True
+    """
+    if z_a.ndim != 2 or z_a.shape != z_b.shape:
+        raise ValueError(
+            "z_a and z_b must both have shape [batch, dim], got "
+            f"{tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
+    if gather_distributed:
+        z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
+    batch_size, dim = z_a.shape
+    if batch_size < 2:
+        raise ValueError("z_a and z_b need a batch size > 1 to standardise features")
+    z_a = (z_a - z_a.mean(dim=0)) / z_a.std(dim=0)
+    z_b = (z_b - z_b.mean(dim=0)) / z_b.std(dim=0)
+    c = z_a.T @ z_b / batch_size
+    # squared distance to the identity, off-diagonal entries weighted by lambda
+    # (a weight matrix rather than sum(c^2) - sum(diag^2), which cancels badly)
+    identity = torch.eye(dim, device=c.device, dtype=c.dtype)
+    weights = identity + lambda_param * (1 - identity)
+    return ((c - identity).pow(2) * weights).sum()
+
+
+class BarlowTwinsLoss(nn.Module):
+    """Barlow Twins loss (Zbontar et al. 2021, https://arxiv.org/abs/2103.03230).
+
+    Implements Algorithm 1 of the paper: the cross-correlation matrix of the two
+    batch-standardised views is pushed to the identity, its diagonal by the
+    invariance term and its off-diagonal by the redundancy-reduction term weighted
+    by ``lambda_param``. See :func:`barlow_twins_loss`.
+
+    Args:
+        lambda_param: Weight of the off-diagonal (redundancy-reduction) term.
+        gather_distributed: If ``True``, the views of all processes are gathered
+            (with gradients) so that statistics and correlations are those of the
+            global batch.
+
+    Raises:
+        ValueError: if ``lambda_param`` is negative, or ``gather_distributed`` is
+            set without :mod:`torch.distributed`.
+
+    Shapes:
+        ``z_a``, ``z_b``: ``[N, D]`` with ``N > 1``; returns a scalar.
+
+    Example:
+        >>> import torch
+        >>> from pynsm.losses import BarlowTwinsLoss
+        >>> loss_fn = BarlowTwinsLoss()
+        >>> out0, out1 = torch.randn(32, 16), torch.randn(32, 16)
+        >>> loss_fn(out0, out1).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self, lambda_param: float = 0.005, gather_distributed: bool = False
+    ) -> None:
+        super().__init__()
+        if lambda_param < 0:
+            raise ValueError(f"lambda_param must be non-negative, got {lambda_param}")
+        if gather_distributed and not torch_dist.is_available():
+            raise ValueError(
+                "gather_distributed is True but torch.distributed is not available"
+            )
+        self.lambda_param = lambda_param
+        self.gather_distributed = gather_distributed
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        """Barlow Twins loss of two ``[N, D]`` batches of views."""
+        return barlow_twins_loss(z_a, z_b, self.lambda_param, self.gather_distributed)

@@ -1,0 +1,74 @@
+"""Negative cosine similarity (SimSiam)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def negative_cosine_similarity(
+    x0: torch.Tensor, x1: torch.Tensor, dim: int = 1, eps: float = 1e-8
+) -> torch.Tensor:
+    """Mean of ``-cos(x0, x1)`` along ``dim``.
+
+    Args:
+        x0: Tensor, e.g. ``[B, D]``.
+        x1: Tensor broadcastable with ``x0``.
+        dim: Dimension along which the cosine similarity is computed.
+        eps: Small value avoiding division by zero.
+
+    Example:
+        >>> import torch
+        >>> from pynsm.losses import negative_cosine_similarity
+        >>> round(float(negative_cosine_similarity(torch.ones(2, 3), torch.ones(2, 3))), 6)
+        -1.0
+    """
+    try:
+        torch.broadcast_shapes(x0.shape, x1.shape)
+    except RuntimeError as error:
+        raise ValueError(
+            f"x0 and x1 must have broadcastable shapes, got {tuple(x0.shape)} and "
+            f"{tuple(x1.shape)}"
+        ) from error
+    return -F.cosine_similarity(x0, x1, dim=dim, eps=eps).mean()
+
+
+class NegativeCosineSimilarity(nn.Module):
+    """Negative cosine similarity, the loss of SimSiam (Chen & He 2020).
+
+    https://arxiv.org/abs/2011.10566. Returns ``-mean(cos(x0, x1))`` with the
+    cosine taken along ``dim``; apply ``.detach()`` to the target branch yourself
+    for the stop-gradient of SimSiam (or use
+    :class:`~pynsm.losses.SymNegCosineSimilarityLoss`).
+
+    Args:
+        dim: Dimension along which the cosine similarity is computed.
+        eps: Small value to avoid division by zero, ``>= 0``.
+
+    Raises:
+        ValueError: for a negative ``eps``; in ``forward`` for shapes that do not
+            broadcast.
+
+    Shapes:
+        ``x0``, ``x1``: e.g. ``[B, D]``; returns a scalar.
+
+    Example:
+        >>> import torch
+        >>> from pynsm.losses import NegativeCosineSimilarity
+        >>> loss_fn = NegativeCosineSimilarity()
+        >>> x0, x1 = torch.randn(10, 128), torch.randn(10, 128)
+        >>> loss_fn(x0, x1).shape
+        torch.Size([])
+    """
+
+    def __init__(self, dim: int = 1, eps: float = 1e-8) -> None:
+        super().__init__()
+        if eps < 0:
+            raise ValueError(f"eps must be non-negative, got {eps}")
+        self.dim = dim
+        self.eps = eps
+
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        """Negative mean cosine similarity of ``x0`` and ``x1`` (a scalar)."""
+        return negative_cosine_similarity(x0, x1, self.dim, self.eps)

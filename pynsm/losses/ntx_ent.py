@@ -1,0 +1,166 @@
+"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR and MoCo."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+
+from pynsm import distributed
+from pynsm.losses.memory_bank import MemoryBankModule
+
+
+def ntxent_loss(
+    out0: torch.Tensor,
+    out1: torch.Tensor,
+    temperature: float = 0.5,
+    negatives: torch.Tensor | None = None,
+    gather_distributed: bool = False,
+) -> torch.Tensor:
+    """Contrastive cross-entropy between two views (SimCLR, or MoCo with negatives).
+
+    Embeddings are L2-normalised and similarities divided by ``temperature``.
+    Without ``negatives`` every one of the ``2B`` embeddings must pick out its other
+    view among the other ``2B - 1`` embeddings (SimCLR, eq. 1); the loss is the mean
+    cross-entropy over the ``2B`` rows. With ``negatives`` (a memory bank), each
+    ``out0[i]`` must pick ``out1[i]`` among ``out1[i]`` and the bank entries (MoCo,
+    eq. 1), averaged over the ``B`` rows. Computed with ``cross_entropy`` (log-sum-
+    exp), so it stays finite and accurate at small temperatures.
+
+    Args:
+        out0: ``[B, D]`` embeddings of the first views.
+        out1: ``[B, D]`` embeddings of the second views.
+        temperature: Similarities are divided by it.
+        negatives: Optional ``[D, K]`` negatives (memory-bank layout), assumed
+            already normalised.
+        gather_distributed: Compare against the embeddings of every process
+            (without negatives only).
+
+    Returns:
+        Scalar loss.
+
+    Example:
+        >>> import torch
+        >>> from pynsm.losses import ntxent_loss
+        >>> z = torch.randn(8, 16)
+        >>> bool(ntxent_loss(z, z) < ntxent_loss(z, torch.randn(8, 16)))
+        True
+    """
+    if out0.ndim != 2 or out0.shape != out1.shape:
+        raise ValueError(
+            "out0 and out1 must both have shape [batch, dim], got "
+            f"{tuple(out0.shape)} and {tuple(out1.shape)}"
+        )
+    out0 = F.normalize(out0, dim=1)
+    out1 = F.normalize(out1, dim=1)
+    batch_size = out0.shape[0]
+    if negatives is not None:
+        if negatives.ndim != 2 or negatives.shape[0] != out0.shape[1]:
+            raise ValueError(
+                f"negatives must have shape [dim={out0.shape[1]}, num_negatives], "
+                f"got {tuple(negatives.shape)}"
+            )
+        positive = (out0 * out1).sum(dim=1, keepdim=True)
+        logits = torch.cat([positive, out0 @ negatives.to(out0.dtype)], dim=1)
+        labels = torch.zeros(batch_size, dtype=torch.long, device=out0.device)
+        return F.cross_entropy(logits / temperature, labels)
+
+    if gather_distributed and distributed.world_size() > 1:
+        all0, all1 = distributed.gather(out0), distributed.gather(out1)
+        offset = distributed.rank() * batch_size
+    else:
+        all0, all1, offset = out0, out1, 0
+    total = all0.shape[0]
+    # one [2B, 2M] product instead of four blocks: rows are this process's views,
+    # columns every view; row i's own column is masked out, its other view is the label
+    logits = torch.cat([out0, out1]) @ torch.cat([all0, all1]).T / temperature
+    own = torch.arange(batch_size, device=out0.device) + offset
+    self_columns = torch.cat([own, own + total])
+    label_columns = torch.cat([own + total, own])
+    rows = torch.arange(2 * batch_size, device=out0.device)
+    logits = logits.index_put((rows, self_columns), logits.new_tensor(float("-inf")))
+    return F.cross_entropy(logits, label_columns)
+
+
+class NTXentLoss(MemoryBankModule):
+    """Normalised temperature-scaled cross-entropy (NT-Xent) of SimCLR / MoCo.
+
+    Implements the contrastive loss of SimCLR (Chen et al. 2020,
+    https://arxiv.org/abs/2002.05709): the other view of the same image is the
+    positive, the other ``2B - 2`` embeddings of the batch the negatives. With
+    ``memory_bank_size > 0`` it becomes the MoCo loss (He et al. 2020,
+    https://arxiv.org/abs/1911.05722): the negatives are the entries of a FIFO
+    memory bank of past ``out1`` embeddings, the batch itself is not used as
+    negatives, and the bank is updated with ``out1`` whenever ``out0`` requires a
+    gradient (so evaluation under ``torch.no_grad()`` leaves it untouched). See
+    :func:`ntxent_loss` for the formula.
+
+    Args:
+        temperature: Scale logits by the inverse of the temperature.
+        memory_bank_size: Number of negatives stored in the memory bank; ``0`` for
+            SimCLR, typically 4096 or 65536 for MoCo.
+        gather_distributed: If ``True``, negatives from all processes are gathered
+            (with gradients) before the loss is computed. No effect when
+            ``memory_bank_size > 0``.
+
+    Raises:
+        ValueError: if ``abs(temperature) < 1e-8`` (division by zero), if
+            ``memory_bank_size`` is negative, or if ``gather_distributed`` is set
+            but :mod:`torch.distributed` is not available.
+
+    Shapes:
+        ``out0``, ``out1``: ``[B, D]``; returns a scalar.
+
+    Example:
+        >>> import torch
+        >>> from pynsm.losses import NTXentLoss
+        >>> loss_fn = NTXentLoss(temperature=0.5)
+        >>> out0, out1 = torch.randn(8, 32), torch.randn(8, 32)
+        >>> loss_fn(out0, out1).shape
+        torch.Size([])
+        >>> moco = NTXentLoss(memory_bank_size=64)  # bank entries are the negatives
+        >>> moco(out0.requires_grad_(), out1).ndim
+        0
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.5,
+        memory_bank_size: int = 0,
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__(size=memory_bank_size)
+        if abs(temperature) < 1e-8:
+            raise ValueError(f"Illegal temperature: abs({temperature}) < 1e-8")
+        if gather_distributed and not torch_dist.is_available():
+            raise ValueError(
+                "gather_distributed is True but torch.distributed is not available"
+            )
+        self.temperature = temperature
+        self.gather_distributed = gather_distributed
+
+    def forward(self, out0: torch.Tensor, out1: torch.Tensor) -> torch.Tensor:
+        """Compute the loss for two batches of views.
+
+        Args:
+            out0: ``[B, D]`` projections of the first views.
+            out1: ``[B, D]`` projections of the second views.
+
+        Returns:
+            Scalar contrastive cross-entropy.
+        """
+        if out0.ndim != 2 or out0.shape != out1.shape:
+            raise ValueError(
+                "out0 and out1 must both have shape [batch, dim], got "
+                f"{tuple(out0.shape)} and {tuple(out1.shape)}"
+            )
+        # the bank stores normalised keys, so normalise before it sees out1
+        keys = F.normalize(out1, dim=1)
+        _, negatives = super().forward(keys, update=out0.requires_grad)
+        return ntxent_loss(
+            out0,
+            out1,
+            temperature=self.temperature,
+            negatives=negatives,
+            gather_distributed=self.gather_distributed,
+        )

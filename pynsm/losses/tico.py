@@ -1,0 +1,110 @@
+"""TiCo: transformation invariance and covariance contrast."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from torch import nn
+
+from pynsm import distributed
+
+
+class TiCoLoss(nn.Module):
+    """TiCo loss (Zhu et al. 2022, https://arxiv.org/abs/2206.10698).
+
+    With L2-normalised views ``z_a, z_b`` (``[N, D]``), a running covariance
+    ``C <- beta * C + (1 - beta) * z_a.T @ z_a / N`` (starting from zero), and::
+
+        loss = 1 - mean_i <z_a_i, z_b_i> + rho * mean_i z_a_i^T C z_a_i
+
+    The first term is transformation invariance, the second contrasts each
+    embedding with the history of embeddings. ``C`` is held without gradient
+    between calls and only stored when ``update_covariance_matrix`` is true; the
+    loss always uses the freshly blended ``C`` (with gradient through the current
+    batch term).
+
+    Args:
+        beta: Coefficient for the EMA update of the covariance, in ``[0, 1]``.
+        rho: Weight for the covariance term of the loss.
+        gather_distributed: If ``True``, the views of all processes are gathered
+            (with gradients) before the loss calculation.
+
+    Attributes:
+        C: ``[D, D]`` running covariance (empty before the first call).
+
+    Raises:
+        ValueError: for ``beta`` outside ``[0, 1]`` or ``gather_distributed``
+            without :mod:`torch.distributed`; in ``forward`` for shapes that differ
+            or a batch of one.
+
+    Shapes:
+        ``z_a``, ``z_b``: ``[N, D]``; returns a scalar.
+
+    Example:
+        >>> import torch
+        >>> from pynsm.losses import TiCoLoss
+        >>> loss_fn = TiCoLoss()
+        >>> loss_fn(torch.randn(16, 8), torch.randn(16, 8)).shape
+        torch.Size([])
+        >>> loss_fn.C.shape
+        torch.Size([8, 8])
+    """
+
+    C: torch.Tensor
+
+    def __init__(
+        self, beta: float = 0.9, rho: float = 20.0, gather_distributed: bool = False
+    ) -> None:
+        super().__init__()
+        if not 0 <= beta <= 1:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        if gather_distributed and not torch_dist.is_available():
+            raise ValueError(
+                "gather_distributed is True but torch.distributed is not available"
+            )
+        self.beta = beta
+        self.rho = rho
+        self.gather_distributed = gather_distributed
+        self.register_buffer("C", torch.empty(0), persistent=False)
+
+    def forward(
+        self,
+        z_a: torch.Tensor,
+        z_b: torch.Tensor,
+        update_covariance_matrix: bool = True,
+    ) -> torch.Tensor:
+        """TiCo loss of two batches of views.
+
+        Args:
+            z_a: ``[N, D]`` output of the learned backbone.
+            z_b: ``[N, D]`` output of the momentum-updated backbone.
+            update_covariance_matrix: Store the updated running covariance.
+
+        Returns:
+            Scalar loss.
+        """
+        if z_a.ndim != 2 or z_a.shape != z_b.shape:
+            raise ValueError(
+                "z_a and z_b must both have shape [batch, dim], got "
+                f"{tuple(z_a.shape)} and {tuple(z_b.shape)}"
+            )
+        if z_a.shape[0] < 2:
+            raise ValueError(
+                f"z_a and z_b must have batch size > 1, got {z_a.shape[0]}"
+            )
+        if self.gather_distributed:
+            z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
+        z_a = F.normalize(z_a, dim=1)
+        z_b = F.normalize(z_b, dim=1)
+        batch_covariance = z_a.T @ z_a / z_a.shape[0]
+        if self.C.shape != batch_covariance.shape:
+            previous = torch.zeros_like(batch_covariance).detach()
+        else:
+            previous = self.C.to(batch_covariance.dtype)
+        covariance = self.beta * previous + (1 - self.beta) * batch_covariance
+        invariance = 1 - (z_a * z_b).sum(dim=1).mean()
+        contrast = ((z_a @ covariance) * z_a).sum(dim=1).mean()
+        if update_covariance_matrix:
+            self.C = covariance.detach()
+        return invariance + self.rho * contrast
