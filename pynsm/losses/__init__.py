@@ -5,4 +5,56 @@ the rest of the documented loss family (Barlow Twins, DCL, NT-Xent, VICReg, ...)
 # --- end clustering losses ---
 
 # --- contrastive / redundancy-reduction losses ---
+from pynsm.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
+from pynsm.losses.co2 import CO2Regularizer
+from pynsm.losses.dcl import DCLLoss, DCLWLoss, dcl_loss, negative_mises_fisher_weights
+from pynsm.losses.hypersphere import (
+    HypersphereLoss,
+    alignment_loss,
+    hypersphere_loss,
+    uniformity_loss,
+)
+from pynsm.losses.memory_bank import MemoryBankModule
+from pynsm.losses.negative_cosine_similarity import (
+    NegativeCosineSimilarity,
+    negative_cosine_similarity,
+)
+from pynsm.losses.ntx_ent import NTXentLoss, ntxent_loss
+from pynsm.losses.sym_neg_cos_sim import SymNegCosineSimilarityLoss
+from pynsm.losses.tico import TiCoLoss
+from pynsm.losses.vicreg import (
+    VICRegLoss,
+    covariance_loss,
+    invariance_loss,
+    variance_loss,
+    vicreg_loss,
+)
+from pynsm.losses.vicregl import VICRegLLoss
+
+_CONTRASTIVE_ALL = [
+    "BarlowTwinsLoss",
+    "CO2Regularizer",
+    "DCLLoss",
+    "DCLWLoss",
+    "HypersphereLoss",
+    "MemoryBankModule",
+    "NTXentLoss",
+    "NegativeCosineSimilarity",
+    "SymNegCosineSimilarityLoss",
+    "TiCoLoss",
+    "VICRegLLoss",
+    "VICRegLoss",
+    "alignment_loss",
+    "barlow_twins_loss",
+    "covariance_loss",
+    "dcl_loss",
+    "hypersphere_loss",
+    "invariance_loss",
+    "negative_cosine_similarity",
+    "negative_mises_fisher_weights",
+    "ntxent_loss",
+    "uniformity_loss",
+    "variance_loss",
+    "vicreg_loss",
+]
 # --- end contrastive / redundancy-reduction losses ---

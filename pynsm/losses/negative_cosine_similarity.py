@@ -21,7 +21,8 @@ def negative_cosine_similarity(
     Example:
         >>> import torch
         >>> from pynsm.losses import negative_cosine_similarity
-        >>> round(float(negative_cosine_similarity(torch.ones(2, 3), torch.ones(2, 3))), 6)
+        >>> x = torch.ones(2, 3)
+        >>> round(float(negative_cosine_similarity(x, x)), 6)
         -1.0
     """
     try:
