@@ -1,0 +1,116 @@
+"""The fused fast path of the similarity-matching iteration.
+
+With plain SGD (step `lr`) on `y` and no scheduler, the iteration of
+`MultiSimilarityMatching` is
+
+    y <- P(y - lr * (M y - b)),    b = sum_k W_k x_k,    y_0 = 0,
+
+with `M` acting on the channel dimension. Written for row vectors laid out channels
+last (`y` of shape `[N, C]` where `N` counts samples times spatial positions), this is
+one matrix product per iteration,
+
+    y <- P(lr * b + y @ A),        A = I - lr * M^T,
+
+so that every iteration is an `addmm` into a preallocated buffer followed by an
+in-place projection: no autograd, no optimizer, no per-iteration allocation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# called after every iteration with (iteration index, current y); truthy stops
+IterationCallback = Callable[[int, torch.Tensor], bool]
+
+
+def step_matrix(competitor: torch.Tensor, lr: float) -> torch.Tensor:
+    """Return `A = I - lr * M^T`, so that one iteration is `P(lr * b + y @ A)`."""
+    size = competitor.shape[0]
+    eye = torch.eye(size, dtype=competitor.dtype, device=competitor.device)
+    return eye.sub_(competitor.t(), alpha=lr)
+
+
+def run_fused_iteration(
+    drive: torch.Tensor,
+    step: torch.Tensor,
+    max_iterations: int,
+    project_: Callable[[torch.Tensor], None],
+    tol: float = 0.0,
+    check_every: int = 1,
+    on_iteration: IterationCallback | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Run the fused iteration from `y = 0`.
+
+    Args:
+        drive: `lr * b`, shape `[N, C]`.
+        step: `A = I - lr * M^T`, shape `[C, C]`.
+        max_iterations: maximum number of iterations.
+        project_: applies the projection in place to a `[N, C]` buffer.
+        tol: stop after the first iteration `i >= 1` whose update changed every
+            element by less than `tol` (disabled when `tol <= 0`).
+        check_every: look at the convergence flag only every this many iterations.
+            The flag itself is updated every iteration on the device, `y` is frozen
+            once it is set and the iteration index at which it was set is recorded,
+            so the answer does not depend on `check_every`; larger values only
+            avoid host-device synchronisation. Must be 1 with `on_iteration`.
+        on_iteration: optional callback, see `IterationCallback`.
+
+    Returns:
+        `(y, last_idx)`: the final `y`, shape `[N, C]`, and the index of the last
+        iteration that counted (-1 when `max_iterations == 0`).
+    """
+    if max_iterations <= 0:
+        return torch.zeros_like(drive), -1
+    if on_iteration is not None and check_every != 1:
+        raise ValueError("check_every must be 1 when an iteration callback is used")
+
+    # iteration 0 starts from y = 0, so it needs no product
+    y = drive.clone()
+    project_(y)
+    if on_iteration is not None and on_iteration(0, y):
+        return y, 0
+    if max_iterations == 1:
+        return y, 0
+
+    y_next = torch.empty_like(y)
+    check = tol > 0
+    if not check:
+        for i in range(1, max_iterations):
+            torch.addmm(drive, y, step, out=y_next)
+            project_(y_next)
+            y, y_next = y_next, y
+            if on_iteration is not None and on_iteration(i, y):
+                return y, i
+        return y, max_iterations - 1
+
+    diff = torch.empty_like(y)
+    if check_every == 1:
+        for i in range(1, max_iterations):
+            torch.addmm(drive, y, step, out=y_next)
+            project_(y_next)
+            y, y_next = y_next, y
+            if on_iteration is not None and on_iteration(i, y):
+                return y, i
+            # y_next now holds the previous iterate
+            if torch.sub(y, y_next, out=diff).abs_().amax() < tol:
+                return y, i
+        return y, max_iterations - 1
+
+    # deferred check: the converged flag and the stopping index live on the device
+    done = torch.zeros((), dtype=torch.bool, device=y.device)
+    stop_idx = torch.full((), max_iterations - 1, dtype=torch.long, device=y.device)
+    for i in range(1, max_iterations):
+        torch.addmm(drive, y, step, out=y_next)
+        project_(y_next)
+        # once converged, y stays frozen: y_next <- y where done
+        y_next.copy_(torch.where(done, y, y_next))
+        newly_done = torch.sub(y_next, y, out=diff).abs_().amax() < tol
+        newly_done &= ~done
+        stop_idx.masked_fill_(newly_done, i)
+        done |= newly_done
+        y, y_next = y_next, y
+        if i % check_every == 0 and bool(done):
+            break
+    return y, int(stop_idx)

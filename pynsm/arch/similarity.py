@@ -1,0 +1,588 @@
+"""Similarity-matching circuits.
+
+A circuit encodes its inputs, `b = sum_k W_k x_k` (shape `[B, M, *spatial]`, with
+`M = out_channels`), and finds its output by the inner iteration
+
+    y <- P(y - lr * (M y - b)),   y_0 = 0,
+
+where `M` is the lateral `competitor` weight acting on the channel dimension and `P`
+the `iteration_projection` (e.g. ReLU for non-negative similarity matching). The
+weights are then trained on `loss(*inputs, y)`,
+
+    [2 sum(y^T M y) - 4 sum(y^T b)] / numel(y) - |M|_F^2 / M + R,
+
+where the gradient of `M` is multiplied by `-1/tau` (a hook on `competitor.weight`),
+so that one ordinary optimizer descends in `W` while ascending in `M`. `R` is the
+encoder regularization: `"weight"` adds `(2/M) |theta|^2` for every trainable encoder
+parameter, `"whiten"` adds `2 mean((W_k x_k)^2)`, `"none"` nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from numbers import Real
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._fused import run_fused_iteration, step_matrix
+from .base import IterationLossModule
+
+_REGULARIZATIONS = ("weight", "whiten", "none")
+# projections that act element-wise and equal ReLU: applied in place on the fast path
+_RELU_PROJECTIONS = (torch.relu, torch.relu_, F.relu, F.relu_)
+# plain SGD settings under which the fused path equals `torch.optim.SGD`
+_PLAIN_SGD = {
+    "momentum": 0,
+    "dampening": 0,
+    "weight_decay": 0,
+    "nesterov": False,
+    "maximize": False,
+    "foreach": None,
+    "fused": None,
+    "differentiable": False,
+}
+# methods whose override by a subclass sends `forward` to the general path
+_LIFECYCLE = (
+    "iteration",
+    "iteration_set_gradients",
+    "converged",
+    "pre_iteration",
+    "post_iteration",
+    "iteration_parameters",
+)
+# on an accelerator, look at the convergence flag only every few iterations
+_CHECK_EVERY_ON_ACCELERATOR = 4
+
+
+class _ScaleGradient:
+    """Gradient hook multiplying by a constant (a class, so that it pickles)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self.factor
+
+
+class MultiSimilarityMatching(IterationLossModule):
+    """Multiple-input similarity-matching circuit.
+
+    Inputs may be skipped in `forward()` and `loss()` by passing `None` or by passing
+    fewer inputs than there are encoders. Every encoder output must have shape
+    `[B, out_channels, *spatial]`; an output of shape `[B, out_channels]` is broadcast
+    over the spatial dimensions of the others.
+
+    By default (plain SGD on `y`, no scheduler) `forward` runs a fused, in-place
+    iteration without autograd; with another optimizer or a scheduler it runs the
+    general `IterationLossModule` path. Both give the same answer where both apply.
+
+    Args:
+        encoders: modules encoding the inputs, `W_k x_k`.
+        out_channels: number of output channels `M`.
+        tau: the competitor learns `1/tau` times faster than the encoders.
+        tol: the iteration stops after the first iteration (from the second on) in
+            which every element of `y` changed by less than `tol`; `0` disables it.
+        max_iterations: maximum number of iterations in `forward()`.
+        regularization: `"weight"`, `"whiten"` or `"none"`, or one per encoder.
+        **kwargs: passed to `IterationLossModule` (`iteration_projection`,
+            `iteration_lr`, `iteration_optimizer`, ...).
+
+    Example:
+        >>> import torch
+        >>> circuit = MultiSimilarityMatching(
+        ...     [torch.nn.Linear(5, 3), torch.nn.Linear(4, 3)], out_channels=3,
+        ...     iteration_projection=torch.relu)
+        >>> x1, x2 = torch.randn(8, 5), torch.randn(8, 4)
+        >>> y = circuit(x1, x2)
+        >>> y.shape
+        torch.Size([8, 3])
+        >>> circuit(None, x2).shape  # the first input skipped
+        torch.Size([8, 3])
+        >>> circuit.loss(x1, x2, y).backward()
+    """
+
+    def __init__(
+        self,
+        encoders: Sequence[nn.Module],
+        out_channels: int,
+        tau: float = 0.1,
+        tol: float = 0.0,
+        max_iterations: int = 40,
+        regularization: str | Sequence[str] = "weight",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(max_iterations=max_iterations, **kwargs)
+        encoders = list(encoders)
+        if not encoders or not all(isinstance(e, nn.Module) for e in encoders):
+            raise TypeError("encoders must be a non-empty sequence of nn.Module")
+        if isinstance(out_channels, bool) or not isinstance(out_channels, int):
+            raise TypeError(f"out_channels must be an int, got {out_channels!r}")
+        if out_channels <= 0:
+            raise ValueError(f"out_channels must be positive, got {out_channels}")
+        if not isinstance(tau, Real) or not tau > 0:
+            raise ValueError(f"tau must be a positive number, got {tau!r}")
+        if not isinstance(tol, Real) or not tol >= 0:
+            raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+
+        if isinstance(regularization, str):
+            regularization = [regularization] * len(encoders)
+        regularization = list(regularization)
+        if len(regularization) != len(encoders):
+            raise ValueError(
+                f"regularization has {len(regularization)} entries but there are "
+                f"{len(encoders)} encoders"
+            )
+        for reg in regularization:
+            if reg not in _REGULARIZATIONS:
+                raise ValueError(
+                    f"Unknown regularization {reg!r}; "
+                    f"expected one of {_REGULARIZATIONS}"
+                )
+
+        self.encoders = nn.ModuleList(encoders)
+        self.out_channels = out_channels
+        self.tau = tau
+        self.tol = tol
+        self.regularization = regularization
+
+        self.competitor = nn.Linear(out_channels, out_channels, bias=False)
+        nn.init.eye_(self.competitor.weight)
+        self._install_competitor_hook()
+
+        self.y = torch.tensor([])
+        self._Wx: list[torch.Tensor] | None = None
+        self._Wx_sum: torch.Tensor | None = None
+        self._last_y: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- set-up
+    def _install_competitor_hook(self) -> None:
+        """Scale the competitor's gradient by `-1/tau` (ascent, `1/tau` faster)."""
+        weight = self.competitor.weight
+        hooks = getattr(weight, "_backward_hooks", None) or {}
+        if not any(isinstance(h, _ScaleGradient) for h in hooks.values()):
+            weight.register_hook(_ScaleGradient(-1.0 / self.tau))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # copy.deepcopy and pickling drop tensor hooks: put the scaling back
+        super().__setstate__(state)
+        if "competitor" in self._modules:
+            self._install_competitor_hook()
+
+    # --------------------------------------------------------------- encoding
+    def _encode(
+        self, *inputs: torch.Tensor | None, keep_all: bool = False
+    ) -> list[torch.Tensor | None]:
+        """Encode the inputs that are present, `W_k x_k`, checking their shapes.
+
+        Args:
+            *inputs: one input (or `None`) per encoder; missing ones are skipped.
+            keep_all: return `None` for the skipped encoders, so the list has one
+                entry per encoder; otherwise skipped ones are left out.
+        """
+        if len(inputs) > len(self.encoders):
+            raise ValueError(
+                f"got {len(inputs)} inputs but the circuit has only "
+                f"{len(self.encoders)} encoders"
+            )
+        present = [i for i, x in enumerate(inputs) if x is not None]
+        if not present:
+            raise ValueError("no input given: pass at least one input that is not None")
+        batch_sizes = {
+            i: inputs[i].shape[0]
+            for i in present
+            if isinstance(inputs[i], torch.Tensor) and inputs[i].ndim > 0
+        }
+        if len(set(batch_sizes.values())) > 1:
+            raise ValueError(f"inputs have different batch sizes: {batch_sizes}")
+
+        encodings: list[torch.Tensor | None] = [None] * len(self.encoders)
+        for i in present:
+            encodings[i] = self.encoders[i](inputs[i])
+        self._output_shape(encodings)
+        return encodings if keep_all else [e for e in encodings if e is not None]
+
+    def _output_shape(self, encodings: Sequence[torch.Tensor | None]) -> torch.Size:
+        """Check the encodings and return the shape of `y`, `[B, M, *spatial]`."""
+        shape: torch.Size | None = None
+        batch = None
+        for i, enc in enumerate(encodings):
+            if enc is None:
+                continue
+            if not isinstance(enc, torch.Tensor):
+                raise TypeError(
+                    f"encoder {i} returned {type(enc).__name__}, expected a Tensor"
+                )
+            if enc.ndim < 2 or enc.shape[1] != self.out_channels:
+                raise ValueError(
+                    f"encoder {i} output has shape {tuple(enc.shape)}; expected "
+                    f"[batch, out_channels={self.out_channels}, *spatial]"
+                )
+            if batch is not None and enc.shape[0] != batch:
+                raise ValueError(
+                    f"encoder outputs have different batch sizes: {batch} and "
+                    f"{enc.shape[0]} (encoder {i})"
+                )
+            batch = enc.shape[0]
+            if enc.ndim > 2:
+                if shape is not None and shape != enc.shape:
+                    raise ValueError(
+                        f"encoder {i} output has shape {tuple(enc.shape)}, but another "
+                        f"encoder gave {tuple(shape)}"
+                    )
+                shape = enc.shape
+        if shape is None:
+            shape = next(e.shape for e in encodings if e is not None)
+        return shape
+
+    @staticmethod
+    def _broadcast(enc: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """View a `[B, M]` encoding as `[B, M, 1, ...]` against a spatial shape."""
+        return enc.reshape(enc.shape + (1,) * (len(shape) - enc.ndim))
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """Run the iteration and return the output `y`, `[B, M, *spatial]`, detached.
+
+        Args:
+            *inputs: one input per encoder (`None` or omitted to skip it).
+        """
+        if not self._fast_path_applies():
+            return super().forward(*inputs)
+
+        self.iteration_idx = -1
+        grad_enabled = torch.is_grad_enabled()
+        try:
+            self._call_hooks(self.hooks["pre"])
+            with torch.no_grad():
+                encodings = self._encode(*inputs, keep_all=True)
+                shape = self._output_shape(encodings)
+                b = _sum_channels_last(encodings, shape)
+                lr = self.it_optim_kwargs["lr"]
+                drive = b if lr == 1 else b * lr
+                step = step_matrix(self.competitor.weight, lr)
+            self._Wx_sum = _channels_first(b, shape)
+
+            callback = None
+            check_every = 1
+            if self.hooks["iteration"]:
+
+                def callback(i: int, y_cl: torch.Tensor) -> bool:
+                    self.iteration_idx = i
+                    self.y = _channels_first(y_cl, shape)
+                    with torch.set_grad_enabled(grad_enabled):
+                        return self._call_hooks(self.hooks["iteration"], True)
+
+            elif drive.device.type != "cpu":
+                check_every = _CHECK_EVERY_ON_ACCELERATOR
+
+            with torch.no_grad():
+                y_cl, last_idx = run_fused_iteration(
+                    drive,
+                    step,
+                    self.max_iterations,
+                    self._in_place_projection(shape),
+                    tol=self.tol,
+                    check_every=check_every,
+                    on_iteration=callback,
+                )
+                y = _channels_first(y_cl, shape).contiguous()
+            self.iteration_idx = last_idx
+            self.y = y
+            self._call_hooks(self.hooks["post"])
+            return y
+        finally:
+            self.release_iteration_state()
+
+    def _fast_path_applies(self) -> bool:
+        """Whether `forward` may use the fused iteration (plain SGD, no scheduler)."""
+        if self.it_construct_optim is not torch.optim.SGD:
+            return False
+        if self.it_construct_sched is not None:
+            return False
+        lr = self.it_optim_kwargs.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, Real):
+            return False
+        for key, value in self.it_optim_kwargs.items():
+            if key != "lr" and (key not in _PLAIN_SGD or value != _PLAIN_SGD[key]):
+                return False
+        cls = type(self)
+        return all(
+            getattr(cls, name) is getattr(MultiSimilarityMatching, name)
+            for name in _LIFECYCLE
+        )
+
+    def _in_place_projection(self, shape: torch.Size) -> Callable[[torch.Tensor], None]:
+        """Return a function projecting a channels-last `[N, M]` buffer in place."""
+        projection = self.iteration_projection
+        if projection is None:
+            return _no_projection
+        if projection in _RELU_PROJECTIONS or type(projection) is nn.ReLU:
+            return torch.Tensor.relu_
+
+        def project_(y_cl: torch.Tensor) -> None:
+            # any other projection sees y in the usual [B, M, *spatial] layout
+            view = _channels_first(y_cl, shape)
+            projected = projection(view)
+            if projected is not view:
+                view.copy_(projected)
+
+        return project_
+
+    # ------------------------------------------------- general path lifecycle
+    def pre_iteration(self, *inputs: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            encodings = self._encode(*inputs, keep_all=True)
+            shape = self._output_shape(encodings)
+            present = [e for e in encodings if e is not None]
+            total = torch.zeros(shape, dtype=present[0].dtype, device=present[0].device)
+            for enc in present:
+                total += self._broadcast(enc, shape)
+        self._Wx = [e.detach() for e in present]
+        self._Wx_sum = total
+        self._last_y = None
+        self.y = torch.zeros_like(total)
+        super().pre_iteration(*inputs)
+
+    def iteration_set_gradients(self, *inputs: torch.Tensor | None) -> None:
+        # the gradient of the iteration loss, computed directly: M y - b
+        with torch.no_grad():
+            My = _apply_competitor(self.competitor.weight, self.y)
+            self.y.grad = My - self._Wx_sum
+
+    def iteration_loss(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """Loss descended by the iteration: `[2 sum(y^T M y) - 4 sum(y^T b)] / 4`.
+
+        Available during `forward()` (e.g. from an iteration hook); its gradient
+        with respect to `y` is `(M + M^T) y / 2 - b`, the update direction when `M`
+        is symmetric.
+        """
+        if self._Wx_sum is None or self.y.shape != self._Wx_sum.shape:
+            raise RuntimeError("iteration_loss() is only available during forward()")
+        y = self.y
+        yMy = (y * _apply_competitor(self.competitor.weight, y)).sum()
+        return (2 * yMy - 4 * (y * self._Wx_sum).sum()) / 4
+
+    def converged(self, *inputs: torch.Tensor | None) -> bool:
+        if self.tol <= 0:
+            return False
+        result = False
+        if self._last_y is not None:
+            result = bool((self.y.detach() - self._last_y).abs().max() < self.tol)
+        self._last_y = self.y.detach().clone()
+        return result
+
+    def post_iteration(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        super().post_iteration(*inputs)
+        return self.y.detach()
+
+    def iteration_parameters(self) -> list[torch.Tensor]:
+        return [self.y]
+
+    def release_iteration_state(self) -> None:
+        """Drop every batch-sized tensor kept during `forward()`."""
+        super().release_iteration_state()
+        self._Wx = None
+        self._Wx_sum = None
+        self._last_y = None
+        self.y = torch.tensor([])
+
+    # ------------------------------------------------------------------- loss
+    def loss(self, *args: torch.Tensor | None) -> torch.Tensor:
+        """Similarity-matching loss for the weights: `loss(*inputs, y)`.
+
+        Args:
+            *args: the inputs as passed to `forward()` (skipped ones `None` or
+                omitted), followed by the output `y`, `[B, M, *spatial]`.
+
+        Returns:
+            The scalar loss. Regularization counts only encoders whose input is
+            present. `competitor.weight`'s gradient arrives multiplied by `-1/tau`.
+        """
+        if len(args) < 2:
+            raise ValueError("loss() expects the inputs followed by the output y")
+        y = args[-1]
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a Tensor, got {type(y).__name__}")
+        encodings = self._encode(*args[:-1], keep_all=True)
+        shape = self._output_shape(encodings)
+        if y.shape != shape:
+            raise ValueError(
+                f"y has shape {tuple(y.shape)} but the encoded inputs give "
+                f"{tuple(shape)}"
+            )
+        channels = y.shape[1]
+
+        # sum_s y_s^T M y_s = <M, sum_s y_s y_s^T>: one Gram matrix over all samples
+        # and positions; it is also exactly the gradient with respect to M
+        y_rows = y.movedim(1, -1).reshape(-1, channels)
+        weight = self.competitor.weight
+        yMy = (weight * (y_rows.t() @ y_rows)).sum()
+
+        spatial_dims = tuple(range(2, y.ndim))
+        y_pooled = y.sum(dim=spatial_dims) if spatial_dims else y
+        cross = y.new_zeros(())
+        for enc in encodings:
+            if enc is None:
+                continue
+            # a [B, M] encoding broadcast over space only meets the pooled y
+            cross = cross + ((y if enc.ndim > 2 else y_pooled) * enc).sum()
+        loss = (2 * yMy - 4 * cross) / y.numel() - (weight**2).sum() / channels
+
+        for encoder, reg, enc in zip(self.encoders, self.regularization, encodings):
+            if enc is None:
+                continue
+            if reg == "whiten":
+                loss = loss + 2 * (enc**2).mean()
+            elif reg == "weight":
+                for param in encoder.parameters():
+                    if param.requires_grad:
+                        loss = loss + (param**2).sum() * (2.0 / channels)
+        return loss
+
+
+class SimilarityMatching(MultiSimilarityMatching):
+    """Single-input similarity-matching circuit.
+
+    Args:
+        encoder: module encoding the input, `[B, ...] -> [B, M, *spatial]`.
+        out_channels: number of output channels `M`.
+        **kwargs: passed to `MultiSimilarityMatching`.
+
+    Example:
+        >>> import torch
+        >>> circuit = SimilarityMatching(
+        ...     torch.nn.Conv2d(1, 4, 3), out_channels=4,
+        ...     iteration_projection=torch.relu)
+        >>> x = torch.randn(2, 1, 8, 8)
+        >>> y = circuit(x)
+        >>> y.shape
+        torch.Size([2, 4, 6, 6])
+        >>> loss = circuit.loss(x, y)
+        >>> loss.backward()
+    """
+
+    def __init__(self, encoder: nn.Module, out_channels: int, **kwargs: Any) -> None:
+        super().__init__(encoders=[encoder], out_channels=out_channels, **kwargs)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The input encoder."""
+        return self.encoders[0]
+
+
+class SupervisedSimilarityMatching(MultiSimilarityMatching):
+    """Supervised similarity-matching circuit for classification.
+
+    The encoders are `[encoder, label_encoder]`, where `label_encoder =
+    nn.Linear(num_classes, out_channels, bias=label_bias)` maps floating-point one-hot
+    labels to `[B, M]`, broadcast over the encoder's spatial dimensions. Call
+    `forward(x, label_onehot)` while training and `forward(x)` at inference; the loss
+    is `loss(x, label_onehot, y)` (or `loss(x, y)`). By default the input encoder has
+    `"weight"` and the label encoder `"whiten"` regularization.
+
+    Args:
+        encoder: module encoding the input, `[B, ...] -> [B, M, *spatial]`.
+        num_classes: number of classes (width of the one-hot labels).
+        out_channels: number of output channels `M`.
+        label_bias: whether the label encoder has a bias.
+        **kwargs: passed to `MultiSimilarityMatching`.
+
+    Example:
+        >>> import torch
+        >>> circuit = SupervisedSimilarityMatching(
+        ...     torch.nn.Linear(6, 4), num_classes=3, out_channels=4,
+        ...     iteration_projection=torch.relu)
+        >>> x = torch.randn(5, 6)
+        >>> labels = torch.nn.functional.one_hot(torch.tensor([0, 2, 1, 1, 0]), 3)
+        >>> y = circuit(x, labels.float())
+        >>> circuit.loss(x, labels.float(), y).backward()
+        >>> circuit(x).shape  # inference without labels
+        torch.Size([5, 4])
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        out_channels: int,
+        label_bias: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise TypeError(f"num_classes must be an int, got {num_classes!r}")
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if isinstance(out_channels, bool) or not isinstance(out_channels, int):
+            raise TypeError(f"out_channels must be an int, got {out_channels!r}")
+        label_encoder = nn.Linear(num_classes, out_channels, bias=label_bias)
+        kwargs.setdefault("regularization", ("weight", "whiten"))
+        super().__init__(
+            encoders=[encoder, label_encoder], out_channels=out_channels, **kwargs
+        )
+        self.num_classes = num_classes
+
+    def _encode(
+        self,
+        x: torch.Tensor | None,
+        label: torch.Tensor | None = None,
+        keep_all: bool = False,
+    ) -> list[torch.Tensor | None]:
+        if label is not None:
+            if not isinstance(label, torch.Tensor):
+                raise TypeError(f"label must be a Tensor, got {type(label).__name__}")
+            if not label.is_floating_point():
+                raise TypeError(
+                    f"label must be a floating-point one-hot tensor, got {label.dtype}"
+                )
+            if label.ndim != 2 or label.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"label has shape {tuple(label.shape)}; expected one-hot "
+                    f"[batch, num_classes={self.num_classes}]"
+                )
+        return super()._encode(x, label, keep_all=keep_all)
+
+
+def _no_projection(y: torch.Tensor) -> None:
+    pass
+
+
+def _apply_competitor(weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`M y` with `M` acting on the channel dimension of `[B, M, *spatial]`."""
+    return torch.einsum("ij,bj...->bi...", weight, y)
+
+
+def _sum_channels_last(
+    encodings: Sequence[torch.Tensor | None], shape: torch.Size
+) -> torch.Tensor:
+    """Return `sum_k W_k x_k` as rows `[B * prod(spatial), M]` (channels last)."""
+    present = [e for e in encodings if e is not None]
+    channels = shape[1]
+    if len(shape) == 2:
+        total = present[0]
+        for enc in present[1:]:
+            total = total + enc
+        return total
+    batch, spatial = shape[0], shape[2:]
+    total = torch.empty(
+        (batch, *spatial, channels), dtype=present[0].dtype, device=present[0].device
+    )
+    full = [e for e in present if e.ndim > 2]
+    total.copy_(full[0].movedim(1, -1))
+    for enc in full[1:]:
+        total.add_(enc.movedim(1, -1))
+    flat = total.view(batch, -1, channels)
+    for enc in present:
+        if enc.ndim == 2:
+            flat.add_(enc.unsqueeze(1))
+    return total.view(-1, channels)
+
+
+def _channels_first(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """View channels-last rows `[N, M]` as `[B, M, *spatial]` (no copy)."""
+    if len(shape) == 2:
+        return rows
+    batch, channels, spatial = shape[0], shape[1], shape[2:]
+    return rows.view(batch, *spatial, channels).movedim(-1, 1)
