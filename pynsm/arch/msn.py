@@ -1,0 +1,244 @@
+"""MSN and PMSN: masked siamese networks with (power-law) prototype priors."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from pynsm.arch._ssl_batch import images_from_batch
+from pynsm.arch.heads import MSNProjectionHead, MSNPrototypes
+from pynsm.arch.masking import random_token_mask
+from pynsm.arch.momentum import (
+    cosine_schedule,
+    deactivate_requires_grad,
+    update_momentum,
+)
+from pynsm.arch.vit import MaskedVisionTransformer
+from pynsm.data.multicrop import MultiCrop
+
+TargetDistribution = Union[str, Callable[[Tensor], Tensor]]
+
+
+class MSN(nn.Module):
+    """A ready Masked Siamese Network (Assran et al., 2022, arXiv:2204.07141).
+
+    Each batch becomes 2 global crops and ``num_focal_views`` small focal crops
+    (:class:`~pynsm.data.multicrop.MultiCrop`). The *target* network — an exponential
+    moving average of the anchor network, never trained by gradients — encodes the
+    first global crop whole. The *anchor* network (:attr:`backbone` plus
+    :attr:`projection_head`) encodes the second global crop and the focal crops with a
+    random ``mask_ratio`` of their patch tokens dropped. ``MSNLoss`` asks the anchors'
+    prototype assignments to match the sharpened, Sinkhorn-balanced assignments of
+    the target, with a mean-entropy (or target-distribution) regulariser.
+
+    After every optimizer step the target moves towards the anchor with a momentum
+    raised from ``momentum`` to 1 along a cosine schedule.
+
+    This is a task for :class:`pynsm.train.Trainer`: ``training_loss(batch)``,
+    ``on_after_optimizer_step`` and ``embed`` (target-backbone features).
+
+    Args:
+        in_channels: Image channels.
+        image_size: Side of the (square) training images.
+        patch_size: ViT patch side (must divide ``image_size`` and the focal size).
+        embed_dim: ViT width (the feature size of ``embed``).
+        depth: Number of transformer blocks.
+        num_heads: Attention heads.
+        projection_hidden_dim: Hidden width of the projection head.
+        projection_dim: Dimension of projections and prototypes.
+        n_prototypes: Number of prototypes.
+        mask_ratio: Fraction of patch tokens dropped from anchor views.
+        momentum: Initial EMA momentum of the target network.
+        num_focal_views: Number of focal (small) anchor crops per image.
+        focal_size: Side of the focal crops (default ``image_size // 2``).
+        multicrop: A custom :class:`~pynsm.data.multicrop.MultiCrop` (overrides the
+            two arguments above).
+        temperature: ``MSNLoss`` temperature.
+        sinkhorn_iterations: ``MSNLoss`` Sinkhorn iterations on the targets.
+        regularization_weight: ``MSNLoss`` weight of the regulariser.
+        target_distribution: ``"uniform"`` (MSN), ``"power_law"`` (PMSN) or a
+            callable mapping mean anchor probabilities ``(K,)`` to a target.
+        power_law_exponent: Exponent of the power-law target distribution.
+        target_sharpen_temperature: Sharpening temperature of the target assignments.
+        gather_distributed: Gather target probabilities of all processes.
+        backbone: A custom anchor backbone ``(images, idx_keep=None) → [B, F]``.
+        criterion: A custom loss with ``MSNLoss``'s forward contract.
+
+    Example:
+        >>> model = MSN(in_channels=1, image_size=8)
+        >>> loss = model.training_loss(torch.rand(16, 1, 8, 8))
+        >>> loss.backward()
+        >>> model.on_after_optimizer_step(step=0, total_steps=10)
+        >>> model.embed(torch.rand(3, 1, 8, 8)).shape
+        torch.Size([3, 64])
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 8,
+        patch_size: int = 2,
+        embed_dim: int = 64,
+        depth: int = 2,
+        num_heads: int = 4,
+        projection_hidden_dim: int = 128,
+        projection_dim: int = 32,
+        n_prototypes: int = 64,
+        mask_ratio: float = 0.15,
+        momentum: float = 0.996,
+        num_focal_views: int = 4,
+        focal_size: int | None = None,
+        multicrop: MultiCrop | None = None,
+        temperature: float = 0.1,
+        sinkhorn_iterations: int = 3,
+        regularization_weight: float = 1.0,
+        target_distribution: TargetDistribution = "uniform",
+        power_law_exponent: float = 0.25,
+        target_sharpen_temperature: float = 0.25,
+        gather_distributed: bool = False,
+        backbone: nn.Module | None = None,
+        criterion: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        if target_sharpen_temperature <= 0:
+            raise ValueError(
+                "target_sharpen_temperature must be positive, got "
+                f"{target_sharpen_temperature!r}"
+            )
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.mask_ratio = mask_ratio
+        self.momentum = momentum
+        self.target_sharpen_temperature = target_sharpen_temperature
+        if backbone is None:
+            backbone = MaskedVisionTransformer(
+                image_size=image_size,
+                patch_size=patch_size,
+                in_channels=in_channels,
+                embed_dim=embed_dim,
+                depth=depth,
+                num_heads=num_heads,
+            )
+        self.backbone = backbone
+        self.patch_size = getattr(backbone, "patch_size", patch_size)
+        feature_dim = getattr(backbone, "embed_dim", embed_dim)
+        self.projection_head = MSNProjectionHead(
+            feature_dim, projection_hidden_dim, projection_dim
+        )
+        self.target_backbone = copy.deepcopy(self.backbone)
+        self.target_projection_head = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.target_backbone)
+        deactivate_requires_grad(self.target_projection_head)
+        self.prototypes = MSNPrototypes(projection_dim, n_prototypes)
+        if multicrop is None:
+            multicrop = MultiCrop(
+                global_size=image_size,
+                local_size=focal_size or max(self.patch_size, image_size // 2),
+                num_local=num_focal_views,
+            )
+        self.multicrop = multicrop
+        if criterion is None:
+            criterion = _make_msn_loss(
+                temperature=temperature,
+                sinkhorn_iterations=sinkhorn_iterations,
+                regularization_weight=regularization_weight,
+                target_distribution=target_distribution,
+                power_law_exponent=power_law_exponent,
+                gather_distributed=gather_distributed,
+            )
+        self.criterion = criterion
+
+    def encode_masked(self, images: Tensor) -> Tensor:
+        """Anchor projections ``[B, projection_dim]`` of randomly masked ``images``."""
+        grid = (images.shape[-2] // self.patch_size) * (
+            images.shape[-1] // self.patch_size
+        )
+        idx_keep, _ = random_token_mask(
+            (images.shape[0], grid), self.mask_ratio, device=images.device
+        )
+        return self.projection_head(self.backbone(images, idx_keep=idx_keep))
+
+    @torch.no_grad()
+    def encode_target(self, images: Tensor) -> Tensor:
+        """Target projections ``[B, projection_dim]`` of whole ``images``."""
+        return self.target_projection_head(self.target_backbone(images))
+
+    def training_loss(self, batch: object) -> Tensor:
+        """MSN loss of a batch (``images`` or ``(images, labels)``; labels unused)."""
+        images = images_from_batch(batch, self.in_channels)
+        views = self.multicrop(images)
+        targets = self.encode_target(views[0])
+        anchors = [self.encode_masked(views[1])]
+        if len(views) > 2:
+            # focal crops share one pass; the result is view-major as MSNLoss expects
+            anchors.append(self.encode_masked(torch.cat(views[2:])))
+        return self.criterion(
+            torch.cat(anchors),
+            targets,
+            self.prototypes.weight,
+            target_sharpen_temperature=self.target_sharpen_temperature,
+        )
+
+    def on_after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Move the target network towards the anchor (cosine momentum schedule)."""
+        m = cosine_schedule(step, max(total_steps, 1), self.momentum, 1.0)
+        update_momentum(self.backbone, self.target_backbone, m)
+        update_momentum(self.projection_head, self.target_projection_head, m)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Target-backbone features ``[B, F]`` of whole images (for readouts)."""
+        return self.target_backbone(x)
+
+
+class PMSN(MSN):
+    """MSN with a prior on the cluster sizes (Assran et al., 2022, arXiv:2210.07277).
+
+    Identical to :class:`MSN` except for the default ``target_distribution``:
+    ``"power_law"`` with ``power_law_exponent=0.25`` suits long-tailed data; any
+    target distribution ``MSNLoss`` accepts (``"uniform"`` or a callable) can be
+    given.
+
+    Example:
+        >>> model = PMSN(in_channels=1, image_size=8)
+        >>> model.training_loss(torch.rand(16, 1, 8, 8)).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 8,
+        target_distribution: TargetDistribution = "power_law",
+        power_law_exponent: float = 0.25,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(
+            in_channels=in_channels,
+            image_size=image_size,
+            target_distribution=target_distribution,
+            power_law_exponent=power_law_exponent,
+            **kwargs,
+        )
+
+
+def _make_msn_loss(
+    target_distribution: TargetDistribution, power_law_exponent: float, **kwargs
+) -> nn.Module:
+    # imported lazily so that pynsm.arch does not depend on pynsm.losses at import
+    from pynsm.losses.msn import MSNLoss
+
+    if isinstance(target_distribution, str) and target_distribution == "uniform":
+        return MSNLoss(**kwargs)
+    return MSNLoss(
+        target_distribution=target_distribution,
+        power_law_exponent=power_law_exponent,
+        **kwargs,
+    )
