@@ -55,11 +55,12 @@ def dcl_loss(
     With normalised embeddings ``u = out0, v = out1`` and ``s(a, b) = <a, b> / t``,
     the term of image ``i`` and view ``u`` is::
 
-        -w_i s(u_i, v_i) + log sum_{j != i} exp s(u_i, u_j)
-                         + log sum_{j != i} exp s(u_i, v_j)
+        -w_i s(u_i, v_i) + log sum_{j != i} [exp s(u_i, u_j) + exp s(u_i, v_j)]
 
-    i.e. the positive pair is removed from the denominator (the "decoupling"). The
-    loss is the mean over all images ``i`` and both views. ``w_i = 1`` unless
+    i.e. the NT-Xent denominator without the positive pair (the "decoupling"):
+    one log-sum-exp over the ``2B - 2`` (or ``2M - 2`` when gathered) negatives of
+    both views, as in eq. 6. The loss is the mean over all images ``i`` and both
+    views. ``w_i = 1`` unless
     ``weight_fn(out0, out1)`` (called on the normalised local embeddings, once with
     the views swapped) gives weights. With ``gather_distributed`` the sums over
     ``j`` run over the embeddings of all processes.
@@ -111,7 +112,7 @@ def dcl_loss(
     negative_inf = sims.new_tensor(float("-inf"))
     sims = sims.index_put((rows, self_columns), negative_inf)
     sims = sims.index_put((rows, positive_columns), negative_inf)
-    negative = torch.logsumexp(sims.view(2 * batch_size, 2, total), dim=2).sum(dim=1)
+    negative = torch.logsumexp(sims, dim=1)
     return (negative - positive).mean()
 
 
