@@ -136,9 +136,10 @@ class MSNPrototypes(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Cosine similarities ``[B, n_prototypes]`` of features ``x`` ``[B, D]``."""
-        return nn.functional.normalize(x, dim=1) @ nn.functional.normalize(
-            self.weight, dim=1
-        ).T
+        return (
+            nn.functional.normalize(x, dim=1)
+            @ nn.functional.normalize(self.weight, dim=1).T
+        )
 
 
 class SwaVPrototypes(nn.Module):
@@ -181,9 +182,7 @@ class SwaVPrototypes(nn.Module):
     ) -> None:
         super().__init__()
         _check_positive("input_dim", input_dim)
-        counts = (
-            [n_prototypes] if isinstance(n_prototypes, int) else list(n_prototypes)
-        )
+        counts = [n_prototypes] if isinstance(n_prototypes, int) else list(n_prototypes)
         if len(counts) == 0:
             raise ValueError("n_prototypes must be a positive int or a non-empty list")
         for count in counts:

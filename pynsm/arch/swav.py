@@ -94,9 +94,7 @@ class SwaV(nn.Module):
             )
         self.in_channels = in_channels
         self.image_size = image_size
-        self.backbone = (
-            SmallConvNet(in_channels) if backbone is None else backbone
-        )
+        self.backbone = SmallConvNet(in_channels) if backbone is None else backbone
         feature_dim = infer_feature_dim(self.backbone, in_channels, image_size)
         self.projection_head = SwaVProjectionHead(
             feature_dim, projection_hidden_dim, projection_dim

@@ -12,8 +12,9 @@ from torch import Tensor, nn
 
 
 class StandInMSNLoss(nn.Module):
-    def __init__(self, temperature=0.1, sinkhorn_iterations=3, regularization_weight=1.0,
-                 target_distribution="uniform", power_law_exponent=0.25, **_):
+    def __init__(self, temperature=0.1, sinkhorn_iterations=3,
+                 regularization_weight=1.0, target_distribution="uniform",
+                 power_law_exponent=0.25, **_):
         super().__init__()
         self.temperature = temperature
         self.sinkhorn_iterations = sinkhorn_iterations
@@ -79,7 +80,8 @@ class StandInSwaVLoss(nn.Module):
             sub = 0.0
             for v, z in enumerate(list(high) + list(low)):
                 if v != i:
-                    sub = sub - (codes * (z / self.temperature).log_softmax(1)).sum(1).mean()
+                    log_p = (z / self.temperature).log_softmax(1)
+                    sub = sub - (codes * log_p).sum(1).mean()
             total = total + sub / (n_crops - 1)
         return total / len(high)
 
@@ -104,3 +106,24 @@ class StandInMemoryBank(nn.Module):
                 self.bank[:, self.ptr] = row
                 self.ptr = (self.ptr + 1) % self.size
         return output, bank
+
+
+def msn_criterion(**kwargs):
+    """The real ``pynsm.losses.msn.MSNLoss`` when it exists, else the stand-in."""
+    try:
+        from pynsm.losses.msn import MSNLoss
+    except ImportError:
+        return StandInMSNLoss(**kwargs)
+    if kwargs.get("target_distribution", "uniform") == "uniform":
+        kwargs.pop("target_distribution", None)
+        kwargs.pop("power_law_exponent", None)
+    return MSNLoss(**kwargs)
+
+
+def swav_criterion(**kwargs):
+    """The real ``pynsm.losses.swav.SwaVLoss`` when it exists, else the stand-in."""
+    try:
+        from pynsm.losses.swav import SwaVLoss
+    except ImportError:
+        return StandInSwaVLoss(**kwargs)
+    return SwaVLoss(**kwargs)
