@@ -1,0 +1,7 @@
+"""Datasets (digits, ``.npz`` files) and tensor augmentations (multi-crop)."""
+
+from pynsm.data.digits import load_digits
+from pynsm.data.multicrop import MultiCrop
+from pynsm.data.npz import load_npz, stratified_split
+
+__all__ = ["load_digits", "load_npz", "stratified_split", "MultiCrop"]
