@@ -44,7 +44,9 @@ class MSN(nn.Module):
     Args:
         in_channels: Image channels.
         image_size: Side of the (square) training images.
-        patch_size: ViT patch side (must divide ``image_size`` and the focal size).
+        patch_size: ViT patch side (must divide ``image_size`` and the focal size);
+            by default the divisor of ``image_size`` that gives a grid of about 4×4
+            patches (2 for 8×8 digits, 7 for 28×28 images).
         embed_dim: ViT width (the feature size of ``embed``).
         depth: Number of transformer blocks.
         num_heads: Attention heads.
@@ -81,7 +83,7 @@ class MSN(nn.Module):
         self,
         in_channels: int = 1,
         image_size: int = 8,
-        patch_size: int = 2,
+        patch_size: int | None = None,
         embed_dim: int = 64,
         depth: int = 2,
         num_heads: int = 4,
@@ -118,6 +120,10 @@ class MSN(nn.Module):
         self.mask_ratio = mask_ratio
         self.momentum = momentum
         self.target_sharpen_temperature = target_sharpen_temperature
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        if patch_size is None:
+            patch_size = default_patch_size(image_size)
         if backbone is None:
             backbone = MaskedVisionTransformer(
                 image_size=image_size,
@@ -139,9 +145,11 @@ class MSN(nn.Module):
         deactivate_requires_grad(self.target_projection_head)
         self.prototypes = MSNPrototypes(projection_dim, n_prototypes)
         if multicrop is None:
+            if focal_size is None:
+                focal_size = _default_focal_size(image_size, self.patch_size)
             multicrop = MultiCrop(
                 global_size=image_size,
-                local_size=focal_size or max(self.patch_size, image_size // 2),
+                local_size=focal_size,
                 num_local=num_focal_views,
             )
         self.multicrop = multicrop
@@ -227,6 +235,22 @@ class PMSN(MSN):
             power_law_exponent=power_law_exponent,
             **kwargs,
         )
+
+
+def default_patch_size(image_size: int) -> int:
+    """The patch side giving a grid closest to 4×4 patches (ties: more patches).
+
+    Example:
+        >>> [default_patch_size(size) for size in (8, 28, 32, 7)]
+        [2, 7, 8, 1]
+    """
+    divisors = [p for p in range(1, image_size + 1) if image_size % p == 0]
+    return min(divisors, key=lambda p: (abs(image_size // p - 4), p))
+
+
+def _default_focal_size(image_size: int, patch_size: int) -> int:
+    # half the image, rounded down to whole patches (at least one patch)
+    return max(patch_size, (image_size // 2) // patch_size * patch_size)
 
 
 def _make_msn_loss(

@@ -46,7 +46,8 @@ class SwaV(nn.Module):
         n_prototypes: Number of prototypes.
         n_epochs_frozen_prototypes: Epochs during which the prototypes are frozen.
         num_local_crops: Number of local crops per image.
-        local_crop_size: Side of the local crops (default ``image_size // 2``).
+        local_crop_size: Side of the local crops (default ``image_size // 2``, at
+            least 2).
         multicrop: A custom :class:`~pynsm.data.multicrop.MultiCrop` (overrides the
             two arguments above).
         temperature: ``SwaVLoss`` temperature.
@@ -105,7 +106,7 @@ class SwaV(nn.Module):
         if multicrop is None:
             multicrop = MultiCrop(
                 global_size=image_size,
-                local_size=local_crop_size or max(1, image_size // 2),
+                local_size=local_crop_size or max(2, image_size // 2),
                 num_local=num_local_crops,
             )
         self.multicrop = multicrop

@@ -188,3 +188,39 @@ def test_ssl_models_reject_bad_batches(digits):
 def test_embed_shapes(digits):
     assert _msn().embed(digits).shape == (32, 32)
     assert _swav().embed(digits).shape == (32, 64)
+
+
+@pytest.mark.parametrize("size, channels", [(12, 3), (28, 1), (7, 2)])
+def test_models_on_other_image_sizes(size, channels):
+    images = torch.rand(6, channels, size, size)
+    msn = MSN(in_channels=channels, image_size=size, embed_dim=16, num_heads=2,
+              projection_hidden_dim=16, projection_dim=8, n_prototypes=8,
+              num_focal_views=1, criterion=msn_criterion())
+    assert size % msn.patch_size == 0
+    assert torch.isfinite(msn.training_loss(images))
+    assert msn.embed(images).shape == (6, 16)
+    swav = SwaV(in_channels=channels, image_size=size, projection_hidden_dim=16,
+                projection_dim=8, n_prototypes=5, num_local_crops=1,
+                criterion=swav_criterion())
+    assert torch.isfinite(swav.training_loss(images))
+
+
+def test_default_patch_size():
+    from pynsm.arch.msn import default_patch_size
+
+    assert [default_patch_size(s) for s in (8, 16, 28, 32, 7, 6)] == [2, 4, 7, 8, 1, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_models_and_crops_run_on_cuda(digits):
+    from pynsm.data.multicrop import MultiCrop
+
+    images = digits.cuda()
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    views = MultiCrop(num_local=2)(images, generator=generator)
+    assert all(v.is_cuda for v in views)
+    for model in [_msn(), _swav(queue_length=32, start_queue_at_epoch=0)]:
+        model = model.cuda()
+        model.training_loss(images).backward()
+        model.on_after_optimizer_step(0, 1)
+        assert model.embed(images).is_cuda
