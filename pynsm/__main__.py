@@ -1,0 +1,6 @@
+"""``python -m pynsm``: the ``pynsm`` command."""
+
+from pynsm.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
