@@ -1,0 +1,52 @@
+"""Private numerics helpers shared by the clustering losses.
+
+The clustering losses exponentiate scores divided by small temperatures, so they are
+computed in at least float32 and outside autocast: a bf16/fp16 ``exp`` or ``log``
+there loses every significant digit (or overflows) long before float32 does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Return ``tensor`` upcast to float32 when it is half or bfloat16 (else as is)."""
+    return tensor.float() if tensor.dtype in _LOW_PRECISION else tensor
+
+
+@contextlib.contextmanager
+def autocast_disabled(tensor: torch.Tensor) -> Iterator[None]:
+    """Disable autocast for the device type of ``tensor`` inside the block."""
+    device_type = tensor.device.type
+    if device_type not in ("cpu", "cuda", "xpu", "mps"):
+        yield
+        return
+    with torch.autocast(device_type=device_type, enabled=False):
+        yield
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be in (0, inf), got {value!r}.")
+
+
+def check_non_negative_int(name: str, value: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+
+
+def check_distributed_available(name: str, flag: bool) -> None:
+    """Raise ``ValueError`` if ``flag`` asks for gathering without torch.distributed."""
+    if flag and not torch.distributed.is_available():
+        raise ValueError(
+            f"{name}=True but torch.distributed is not available in this PyTorch "
+            f"build; set {name}=False."
+        )

@@ -1,0 +1,192 @@
+"""The DINO loss: self-distillation with a centred, sharpened teacher."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pynsm import distributed
+from pynsm.losses._numerics import (
+    at_least_float32,
+    autocast_disabled,
+    check_non_negative_int,
+    check_positive,
+)
+
+__all__ = ["DINOLoss"]
+
+
+class DINOLoss(nn.Module):
+    """Cross entropy between a centred, sharpened teacher and the student (DINO).
+
+    Caron et al., *Emerging Properties in Self-Supervised Vision Transformers*, 2021,
+    https://arxiv.org/abs/2104.14294.
+
+    With teacher views ``t`` and student views ``s`` (global views first, so view
+    ``j`` of both is the same crop), ``P_t = softmax((teacher_t - center) / T_t)`` and
+    ``log P_s = log_softmax(student_s / T_s)``, the loss is the mean over the batch
+    and over all pairs ``(t, s)`` with ``t != s`` of ``-sum_k P_t,k log P_s,k``.
+    The teacher temperature rises linearly from ``warmup_teacher_temp`` (epoch 0) to
+    ``teacher_temp`` (epoch ``warmup_teacher_temp_epochs - 1``) and stays there. Each
+    call then updates the centre: ``center = m * center + (1 - m) * batch_mean``,
+    where the batch mean covers every process when :mod:`torch.distributed` is
+    initialised.
+
+    Args:
+        output_dim: Dimension ``K`` of the model output.
+        warmup_teacher_temp: Teacher temperature at epoch 0 (> 0).
+        teacher_temp: Teacher temperature after the warm-up (> 0).
+        warmup_teacher_temp_epochs: Length of the linear warm-up in epochs (>= 0).
+        student_temp: Student temperature (> 0).
+        center_momentum: Momentum ``m`` of the centre's moving average.
+
+    Shapes:
+        ``teacher_out``: list of ``[B, K]``; ``student_out``: list of ``[B, K]`` →
+        scalar. The centre buffer is ``[1, 1, K]``.
+
+    Example:
+        >>> import torch
+        >>> from pynsm.losses import DINOLoss
+        >>> loss_fn = DINOLoss(output_dim=32)
+        >>> teacher = [torch.randn(4, 32) for _ in range(2)]
+        >>> student = [torch.randn(4, 32, requires_grad=True) for _ in range(4)]
+        >>> loss = loss_fn(teacher, student, epoch=0)
+        >>> loss.backward()
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    center: torch.Tensor
+
+    def __init__(
+        self,
+        output_dim: int = 65536,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: int = 30,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+    ) -> None:
+        super().__init__()
+        if (
+            isinstance(output_dim, bool)
+            or not isinstance(output_dim, int)
+            or (output_dim < 1)
+        ):
+            raise ValueError(f"output_dim must be an integer >= 1, got {output_dim!r}.")
+        check_positive("warmup_teacher_temp", warmup_teacher_temp)
+        check_positive("teacher_temp", teacher_temp)
+        check_non_negative_int("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs)
+        check_positive("student_temp", student_temp)
+        if not 0 <= center_momentum <= 1:
+            raise ValueError(
+                f"center_momentum must be in [0, 1], got {center_momentum!r}."
+            )
+        self.output_dim = output_dim
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, 1, output_dim))
+
+    def teacher_temperature(self, epoch: int) -> float:
+        """Teacher temperature at ``epoch`` (linear warm-up, then constant)."""
+        check_non_negative_int("epoch", epoch)
+        steps = self.warmup_teacher_temp_epochs
+        if epoch >= steps:
+            return self.teacher_temp
+        if steps == 1:
+            return self.warmup_teacher_temp
+        fraction = epoch / (steps - 1)
+        return self.warmup_teacher_temp + fraction * (
+            self.teacher_temp - self.warmup_teacher_temp
+        )
+
+    def forward(
+        self,
+        teacher_out: list[torch.Tensor],
+        student_out: list[torch.Tensor],
+        epoch: int,
+    ) -> torch.Tensor:
+        """Compute the DINO loss and update the centre.
+
+        Args:
+            teacher_out: Teacher outputs, one ``[B, K]`` tensor per view.
+            student_out: Student outputs, one ``[B, K]`` tensor per view (the first
+                ``len(teacher_out)`` views are the teacher's views).
+            epoch: Current training epoch (drives the temperature warm-up).
+
+        Returns:
+            Scalar average cross entropy over the pairs of different views.
+        """
+        teacher, student = _stack_views(teacher_out, student_out, self.output_dim)
+        num_pairs = teacher.shape[0] * student.shape[0] - min(
+            teacher.shape[0], student.shape[0]
+        )
+        if num_pairs == 0:
+            raise ValueError(
+                "teacher_out and student_out must provide at least one pair of "
+                "different views (e.g. two teacher views, or one teacher view and two "
+                "student views)."
+            )
+        teacher_temp = self.teacher_temperature(epoch)
+        with autocast_disabled(teacher):
+            teacher32 = at_least_float32(teacher)
+            teacher_probs = F.softmax((teacher32 - self.center) / teacher_temp, dim=-1)
+            student_log_probs = F.log_softmax(
+                at_least_float32(student) / self.student_temp, dim=-1
+            )
+            # cross[t, s] = -sum_b sum_k P_t log P_s; same-view pairs are skipped
+            cross = -torch.einsum("tbk,sbk->ts", teacher_probs, student_log_probs)
+            same_view = torch.eye(*cross.shape, dtype=torch.bool, device=cross.device)
+            loss = cross.masked_fill(same_view, 0).sum() / (
+                num_pairs * teacher.shape[1]
+            )
+            self.update_center(teacher32)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """Moving-average update of the centre from stacked teacher outputs.
+
+        Args:
+            teacher_out: ``[V, B, K]`` (or ``[B, K]``) teacher outputs; the mean over
+                every dimension but the last (and over processes when distributed)
+                is the batch centre.
+        """
+        if teacher_out.shape[-1] != self.output_dim:
+            raise ValueError(
+                f"teacher_out must have last dimension output_dim={self.output_dim}, "
+                f"got {tuple(teacher_out.shape)}."
+            )
+        flat = at_least_float32(teacher_out.detach()).reshape(-1, self.output_dim)
+        batch_center = flat.mean(dim=0).reshape(1, 1, -1)
+        if distributed.world_size() > 1:
+            batch_center = distributed.all_reduce_sum(batch_center) / (
+                distributed.world_size()
+            )
+        self.center.mul_(self.center_momentum).add_(
+            batch_center.to(self.center.dtype), alpha=1 - self.center_momentum
+        )
+
+
+def _stack_views(
+    teacher_out: list[torch.Tensor], student_out: list[torch.Tensor], output_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(teacher_out) == 0 or len(student_out) == 0:
+        raise ValueError("teacher_out and student_out must each hold a view.")
+    shape = teacher_out[0].shape
+    if len(shape) != 2 or shape[1] != output_dim:
+        raise ValueError(
+            f"teacher_out views must have shape [B, {output_dim}], got {tuple(shape)}."
+        )
+    for name, views in (("teacher_out", teacher_out), ("student_out", student_out)):
+        for view in views:
+            if view.shape != shape:
+                raise ValueError(
+                    f"every view of {name} must have shape {tuple(shape)}, got "
+                    f"{tuple(view.shape)}."
+                )
+    return torch.stack(list(teacher_out)), torch.stack(list(student_out))
