@@ -2,6 +2,30 @@
 the rest of the documented loss family (Barlow Twins, DCL, NT-Xent, VICReg, ...)."""
 
 # --- clustering losses (MSN, PMSN, SwaV, DINO, Sinkhorn) ---
+from pynsm.losses.dino import DINOLoss
+from pynsm.losses.msn import (
+    MSNLoss,
+    power_law_distribution,
+    prototype_probabilities,
+    sharpen,
+)
+from pynsm.losses.pmsn import PMSNCustomLoss, PMSNLoss
+from pynsm.losses.sinkhorn import sinkhorn_log, sinkhorn_msn, sinkhorn_swav
+from pynsm.losses.swav import SwaVLoss
+
+_CLUSTERING_ALL = [
+    "DINOLoss",
+    "MSNLoss",
+    "PMSNCustomLoss",
+    "PMSNLoss",
+    "SwaVLoss",
+    "power_law_distribution",
+    "prototype_probabilities",
+    "sharpen",
+    "sinkhorn_log",
+    "sinkhorn_msn",
+    "sinkhorn_swav",
+]
 # --- end clustering losses ---
 
 # --- contrastive / redundancy-reduction losses ---
