@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pynsm import distributed
+from pynsm.losses.ntx_ent import _logsumexp_rows
 
 WeightFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,6 +42,10 @@ def negative_mises_fisher_weights(
     """
     similarity = (out0.detach() * out1.detach()).sum(dim=1) / sigma
     return 2 - out0.shape[0] * F.softmax(similarity, dim=0)
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
 
 
 def dcl_loss(
@@ -87,32 +92,32 @@ def dcl_loss(
             "out0 and out1 must both have shape [batch, dim], got "
             f"{tuple(out0.shape)} and {tuple(out1.shape)}"
         )
-    out0 = F.normalize(out0, dim=1)
-    out1 = F.normalize(out1, dim=1)
     batch_size = out0.shape[0]
+    views = F.normalize(torch.cat([out0, out1]), dim=1)
+    out0, out1 = views.split(batch_size)
     if gather_distributed and distributed.world_size() > 1:
-        all0, all1 = distributed.gather(out0), distributed.gather(out1)
+        columns = torch.cat([distributed.gather(out0), distributed.gather(out1)])
         offset = distributed.rank() * batch_size
     else:
-        all0, all1, offset = out0, out1, 0
-    total = all0.shape[0]
+        columns, offset = views, 0
+    total = columns.shape[0] // 2
     if total < 2:
         raise ValueError("DCL needs at least 2 images in the (gathered) batch")
-    # rows: this process's views (out0 then out1); columns: [all0 | all1]
-    sims = torch.cat([out0, out1]) @ torch.cat([all0, all1]).T / temperature
+    # rows: this process's views (out0 then out1); columns: [all out0 | all out1]
+    # float32 at least: under autocast the product is bf16/fp16, too coarse for exp
+    sims = ((views / temperature) @ columns.T).to(_at_least_float32(views.dtype))
     own = torch.arange(batch_size, device=out0.device) + offset
     rows = torch.arange(2 * batch_size, device=out0.device)
     self_columns = torch.cat([own, own + total])
     positive_columns = torch.cat([own + total, own])
-    positive = sims[rows, positive_columns]
+    positive = ((out0 * out1).sum(dim=1) / temperature).repeat(2)
     if weight_fn is not None:
         weights = torch.cat([weight_fn(out0, out1), weight_fn(out1, out0)])
         positive = positive * weights
     # drop the sample itself and its positive from both denominators
-    negative_inf = sims.new_tensor(float("-inf"))
-    sims = sims.index_put((rows, self_columns), negative_inf)
-    sims = sims.index_put((rows, positive_columns), negative_inf)
-    negative = torch.logsumexp(sims, dim=1)
+    excluded = (rows.repeat(2), torch.cat([self_columns, positive_columns]))
+    sims.index_put_(excluded, sims.new_tensor(float("-inf")))
+    negative = _logsumexp_rows(sims, bound=1 / abs(temperature))
     return (negative - positive).mean()
 
 
