@@ -36,6 +36,32 @@ torch.save(outputs, sys.argv[2])
 """
 
 
+def _peer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(PEER_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    return env
+
+
+def start_peer(script: str, threads: int = 1) -> subprocess.Popen:
+    """Start `script` under pynsm 1.0.1 as a long-running process.
+
+    The process talks through text pipes (`stdin`/`stdout`, line by line), e.g. to
+    interleave timings with the calling process. The caller closes it.
+    """
+    source = f"import torch\ntorch.set_num_threads({threads})\n"
+    source += textwrap.dedent(script)
+    return subprocess.Popen(
+        [sys.executable, "-c", source],
+        cwd=tempfile.mkdtemp(prefix="pynsm-peer-"),
+        env=_peer_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_peer(
     script: str, inputs: dict[str, Any] | None = None, threads: int = 1, timeout=300
 ) -> dict[str, Any]:
@@ -52,10 +78,7 @@ def run_peer(
         The `outputs` dict of the script.
     """
     driver = _DRIVER.format(threads=threads, script=textwrap.dedent(script))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(PEER_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
+    env = _peer_env()
     with tempfile.TemporaryDirectory() as tmp:
         in_path, out_path = Path(tmp, "inputs.pt"), Path(tmp, "outputs.pt")
         torch.save(inputs or {}, in_path)

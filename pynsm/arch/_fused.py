@@ -40,6 +40,7 @@ def run_fused_iteration(
     tol: float = 0.0,
     check_every: int = 1,
     on_iteration: IterationCallback | None = None,
+    chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Run the fused iteration from `y = 0`.
 
@@ -56,6 +57,12 @@ def run_fused_iteration(
             so the answer does not depend on `check_every`; larger values only
             avoid host-device synchronisation. Must be 1 with `on_iteration`.
         on_iteration: optional callback, see `IterationCallback`.
+        chunk_rows: if given, and neither `tol` nor `on_iteration` is used, run all
+            iterations on blocks of this many rows at a time. Rows evolve
+            independently (`M` only mixes channels), so the answer is the same, but
+            a block stays in cache for all iterations instead of streaming the
+            whole `y` through memory every iteration. `project_` must then act on
+            rows independently (element-wise projections do).
 
     Returns:
         `(y, last_idx)`: the final `y`, shape `[N, C]`, and the index of the last
@@ -65,6 +72,15 @@ def run_fused_iteration(
         return torch.zeros_like(drive), -1
     if on_iteration is not None and check_every != 1:
         raise ValueError("check_every must be 1 when an iteration callback is used")
+
+    rows = drive.shape[0]
+    if (
+        chunk_rows is not None
+        and chunk_rows < rows
+        and tol <= 0
+        and on_iteration is None
+    ):
+        return _run_in_blocks(drive, step, max_iterations, project_, chunk_rows)
 
     # iteration 0 starts from y = 0, so it needs no product
     y = drive.clone()
@@ -114,3 +130,30 @@ def run_fused_iteration(
         if i % check_every == 0 and bool(done):
             break
     return y, int(stop_idx)
+
+
+def _run_in_blocks(
+    drive: torch.Tensor,
+    step: torch.Tensor,
+    max_iterations: int,
+    project_: Callable[[torch.Tensor], None],
+    chunk_rows: int,
+) -> tuple[torch.Tensor, int]:
+    """All iterations on one block of rows at a time (see `run_fused_iteration`)."""
+    result = torch.empty_like(drive)
+    spare = torch.empty(
+        (chunk_rows, drive.shape[1]), dtype=drive.dtype, device=drive.device
+    )
+    for start in range(0, drive.shape[0], chunk_rows):
+        block_drive = drive[start : start + chunk_rows]
+        target = result[start : start + chunk_rows]
+        y, y_next = target, spare[: block_drive.shape[0]]
+        y.copy_(block_drive)
+        project_(y)
+        for _ in range(1, max_iterations):
+            torch.addmm(block_drive, y, step, out=y_next)
+            project_(y_next)
+            y, y_next = y_next, y
+        if y is not target:
+            target.copy_(y)
+    return result, max_iterations - 1

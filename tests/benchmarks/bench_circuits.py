@@ -1,0 +1,182 @@
+"""Speed of the circuits against pynsm 1.0.1, side by side, on 2 threads.
+
+Run from the repository root:
+
+    .venv/bin/python tests/benchmarks/bench_circuits.py [--repeat N]
+
+pynsm 1.0.1 runs in a second process (see `tests/peer.py`); both sides build the same
+circuits with the same code. Measurements are interleaved -- one peer run, one run
+of ours, one run of the floor, and again -- so that both see the same machine load,
+and each figure is the best of `--repeat` runs (the one least disturbed by other
+processes). The "floor" is a bare loop of the very matmuls and ReLUs the iteration
+needs (encoder, channels-last copy, 40 x addmm + relu_): forward / floor says how
+close the fused forward is to the arithmetic it cannot avoid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from peer import PEER_DIR, start_peer  # noqa: E402
+
+THREADS = 2
+
+TIMING_SOURCE = '''
+import time
+
+import torch
+from torch import nn
+
+import pynsm
+
+CONFIGS = {
+    # name: (encoder factory, input shape, out_channels)
+    "dense B=256 Linear(784,100)": (lambda: nn.Linear(784, 100), (256, 784), 100),
+    "conv B=128 Conv2d(1,50,6)": (lambda: nn.Conv2d(1, 50, 6), (128, 1, 28, 28), 50),
+}
+MEASURES = ("forward", "train_step")
+
+
+def make_circuit(name):
+    factory, shape, out = CONFIGS[name]
+    torch.manual_seed(0)
+    circuit = pynsm.SimilarityMatching(
+        factory(), out, iteration_projection=torch.relu, max_iterations=40
+    )
+    return circuit, torch.randn(shape)
+
+
+def prepare():
+    """Return {(configuration, measure): function to time}."""
+    jobs = {}
+    for name in CONFIGS:
+        circuit, x = make_circuit(name)
+        optimizer = torch.optim.SGD(circuit.parameters(), lr=1e-4)
+
+        def forward(circuit=circuit, x=x):
+            circuit(x)
+
+        def train_step(circuit=circuit, x=x, optimizer=optimizer):
+            y = circuit(x)
+            loss = circuit.loss(x, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        jobs[name, "forward"] = forward
+        jobs[name, "train_step"] = train_step
+    return jobs
+
+
+def time_once(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+'''
+
+# the peer answers one timing per line it reads: "configuration|measure"
+SERVER_SOURCE = """
+import sys
+
+JOBS = prepare()
+for line in sys.stdin:
+    name, measure = line.rstrip("\\n").split("|")
+    print(time_once(JOBS[name, measure]), flush=True)
+"""
+
+
+def make_floors(namespace: dict) -> dict:
+    """Bare loops of the unavoidable arithmetic, per configuration."""
+    floors = {}
+    for name in namespace["CONFIGS"]:
+        circuit, x = namespace["make_circuit"](name)
+        encoder, weight = circuit.encoder, circuit.competitor.weight
+
+        @torch.no_grad()
+        def bare_loop(encoder=encoder, weight=weight, x=x):
+            b = encoder(x)
+            channels = b.shape[1]
+            b = b.movedim(1, -1).contiguous().view(-1, channels)
+            step = torch.eye(channels) - weight.t()
+            y = torch.relu(b)
+            y_next = torch.empty_like(y)
+            for _ in range(39):
+                torch.addmm(b, y, step, out=y_next)
+                y_next.relu_()
+                y, y_next = y_next, y
+            return y
+
+        floors[name] = bare_loop
+    return floors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args()
+    if not (PEER_DIR / "pynsm").is_dir():
+        sys.exit(f"pynsm 1.0.1 not found in {PEER_DIR}: run tests/fetch_peer.sh")
+
+    torch.set_num_threads(THREADS)
+    namespace: dict = {}
+    exec(TIMING_SOURCE, namespace)
+    ours_jobs = namespace["prepare"]()
+    floors = make_floors(namespace)
+    time_once = namespace["time_once"]
+
+    peer = start_peer(TIMING_SOURCE + SERVER_SOURCE, threads=THREADS)
+    best: dict = {}
+
+    def record(key, seconds):
+        best[key] = min(best.get(key, float("inf")), seconds)
+
+    try:
+        for rep in range(args.repeat + 1):  # the first round warms up
+            for name, measure in ours_jobs:
+                peer.stdin.write(f"{name}|{measure}\n")
+                peer.stdin.flush()
+                theirs = float(peer.stdout.readline())
+                mine = time_once(ours_jobs[name, measure])
+                floor = time_once(floors[name]) if measure == "forward" else None
+                if rep == 0:
+                    continue
+                record(("peer", name, measure), theirs)
+                record(("ours", name, measure), mine)
+                if floor is not None:
+                    record(("floor", name), floor)
+    finally:
+        peer.stdin.close()
+        peer.wait()
+
+    print(
+        f"torch {torch.__version__}, {THREADS} threads, 40 iterations, ReLU, "
+        f"best of {args.repeat}"
+    )
+    header = (
+        f"{'configuration':30s} {'measure':11s} {'pynsm 1.0.1':>12s} "
+        f"{'ours':>10s} {'speed-up':>9s} {'ours/floor':>11s}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in namespace["CONFIGS"]:
+        for measure in namespace["MEASURES"]:
+            theirs = best["peer", name, measure]
+            mine = best["ours", name, measure]
+            floor = best["floor", name]
+            ratio = f"{mine / floor:10.2f}x" if measure == "forward" else ""
+            print(
+                f"{name:30s} {measure:11s} {theirs * 1e3:10.2f}ms "
+                f"{mine * 1e3:8.2f}ms {theirs / mine:8.2f}x {ratio:>11s}"
+            )
+        print(f"{'':30s} {'floor':11s} {'':12s} {best['floor', name] * 1e3:8.2f}ms")
+
+
+if __name__ == "__main__":
+    main()
