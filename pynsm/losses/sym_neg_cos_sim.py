@@ -43,6 +43,9 @@ class SymNegCosineSimilarityLoss(nn.Module):
         torch.Size([])
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+
     def forward(
         self, out0: Sequence[torch.Tensor], out1: Sequence[torch.Tensor]
     ) -> torch.Tensor:
