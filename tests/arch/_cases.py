@@ -47,6 +47,7 @@ def run_case(spec, state, forward_args, loss_args):
     loss = circuit.loss(*loss_args, y)
     loss.backward()
     out["loss"] = loss.detach().clone()
+    out["keys"] = list(circuit.state_dict().keys())
     out["grads"] = {
         name: p.grad.clone()
         for name, p in circuit.named_parameters()

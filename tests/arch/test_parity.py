@@ -80,6 +80,13 @@ def _make_cases() -> dict:
             dense, (x_dense,), relu=True, adam_steplr=True, max_iterations=60
         ),
         "whiten": case(dense, (x_dense,), relu=True, regularization="whiten"),
+        # pynsm 1.0.1 defects (DESIGN.md section 3): only y is expected to agree
+        "defect_whiten_two_encoders": case(
+            two, (x1, x2), relu=True, iteration_lr=0.5, regularization="whiten"
+        ),
+        "defect_skip_first_weight": case(
+            two, (None, x2), relu=True, iteration_lr=0.5, regularization="weight"
+        ),
         "conv_tol_whiten": case(
             conv,
             (x_conv,),
@@ -100,13 +107,16 @@ def results():
     return ours, peer
 
 
-CASE_NAMES = list(_make_cases())
+ALL_CASES = list(_make_cases())
+CASE_NAMES = [name for name in ALL_CASES if not name.startswith("defect_")]
+TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_same_numbers_as_pynsm(results, name):
     ours, peer = results[0][name], results[1][name]
-    tol = {"rtol": 1e-5, "atol": 1e-5}
+    tol = TOL
+    assert ours["keys"] == peer["keys"]
     assert ours["idx"] == peer["idx"]
     torch.testing.assert_close(ours["y"], peer["y"], **tol)
     torch.testing.assert_close(ours["loss"], peer["loss"], **tol)
@@ -127,3 +137,45 @@ def test_cases_exercise_the_iteration(results):
         assert y.abs().max() > 0.05
     assert (ours["dense_relu"]["y"] == 0).any()  # the projection is active
     assert (ours["dense_linear"]["y"] < 0).any()
+
+
+def _expected_loss(spec, state, forward_args, y, present):
+    """The loss by its formula, each term computed separately (float64)."""
+    circuit = build_circuit(spec).double()
+    circuit.load_state_dict(state)
+    y = y.double()
+    M = circuit.competitor.weight.detach()
+    encodings = [
+        enc(x.double()).detach()
+        for enc, x in zip(circuit.encoders, forward_args)
+        if x is not None
+    ]
+    n, m = y.numel(), y.shape[1]
+    loss = (2 * (y * (y @ M.t())).sum() - 4 * (y * sum(encodings)).sum()) / n
+    loss -= (M**2).sum() / m
+    for k, (enc, reg) in enumerate(zip(circuit.encoders, circuit.regularization)):
+        if k not in present:
+            continue
+        if reg == "whiten":
+            loss += 2 * (encodings[present.index(k)] ** 2).mean()
+        elif reg == "weight":
+            loss += sum((p.detach() ** 2).sum() for p in enc.parameters()) * 2 / m
+    return loss.float()
+
+
+@pytest.mark.parametrize(
+    ("name", "present"),
+    [("defect_whiten_two_encoders", [0, 1]), ("defect_skip_first_weight", [1])],
+)
+def test_where_pynsm_is_wrong_we_give_the_formula(results, name, present):
+    """pynsm 1.0.1 sums encodings in place (the first encoder's "whiten" term then
+    sees the sum) and pairs regularizations with the wrong encoder when the first
+    input is skipped. The outputs agree; our loss follows the formula."""
+    ours, peer = results[0][name], results[1][name]
+    case = _make_cases()[name]
+    torch.testing.assert_close(ours["y"], peer["y"], **TOL)
+    expected = _expected_loss(
+        case["spec"], case["state"], case["forward"], ours["y"], present
+    )
+    torch.testing.assert_close(ours["loss"], expected, **TOL)
+    assert (peer["loss"] - expected).abs() > 1e-3
