@@ -180,7 +180,8 @@ def _stack_views(
     shape = teacher_out[0].shape
     if len(shape) != 2 or shape[1] != output_dim:
         raise ValueError(
-            f"teacher_out views must have shape [B, {output_dim}], got {tuple(shape)}."
+            f"teacher_out views must have shape [B, output_dim={output_dim}], got "
+            f"{tuple(shape)}."
         )
     for name, views in (("teacher_out", teacher_out), ("student_out", student_out)):
         for view in views:
