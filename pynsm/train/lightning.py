@@ -106,11 +106,12 @@ def to_lightning(
 
         def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
             super().optimizer_step(*args, **kwargs)
-            # global_step counts steps taken; the hook wants the step's 0-based index
+            # Lightning counts this step only after the hook returns: global_step is
+            # still the 0-based index of the step just taken
             _call(
                 self.task,
                 "on_after_optimizer_step",
-                self.global_step - 1,
+                self.global_step,
                 int(self.trainer.estimated_stepping_batches),
             )
 

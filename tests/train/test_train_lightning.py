@@ -1,0 +1,109 @@
+"""The Lightning adapter trains a circuit and SwaV through ``lightning.Trainer``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from pynsm.arch import SimilarityMatching
+from pynsm.train import CircuitTask
+
+lightning = pytest.importorskip("lightning")
+from pynsm.train.lightning import to_lightning  # noqa: E402
+
+
+def _fit(module, loader, max_steps):
+    trainer = lightning.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader)
+    return trainer
+
+
+def test_circuit_through_lightning_matches_manual_sgd():
+    torch.manual_seed(0)
+    task = CircuitTask(SimilarityMatching(nn.Linear(6, 3), 3))
+    manual = CircuitTask(SimilarityMatching(nn.Linear(6, 3), 3))
+    manual.load_state_dict(task.state_dict())
+    x = torch.randn(24, 6)
+    loader = DataLoader(TensorDataset(x), batch_size=8, shuffle=False)
+    _fit(to_lightning(task, lr=0.05), loader, max_steps=3)
+
+    optimizer = torch.optim.SGD(manual.parameters(), lr=0.05)
+    for (batch,) in loader:
+        optimizer.zero_grad()
+        manual.training_loss((batch,)).backward()
+        optimizer.step()
+    for key, value in manual.state_dict().items():
+        torch.testing.assert_close(task.state_dict()[key], value)
+
+
+class _SwaVLossStandIn(nn.Module):
+    """Swapped prediction with softmax codes (used until pynsm.losses.swav exists)."""
+
+    def forward(self, high, low, queue=None):
+        views = list(high) + list(low)
+        loss = 0.0
+        for i, scores in enumerate(high):
+            codes = (scores.detach() / 0.05).softmax(dim=1)
+            for j, other in enumerate(views):
+                if j != i:
+                    loss = (
+                        loss - (codes * (other / 0.1).log_softmax(dim=1)).sum(1).mean()
+                    )
+        return loss / (len(high) * (len(views) - 1))
+
+
+def _swav_criterion():
+    try:
+        from pynsm.losses.swav import SwaVLoss
+    except ImportError:
+        return _SwaVLossStandIn()
+    return SwaVLoss()
+
+
+def test_swav_through_lightning_calls_the_hooks():
+    swav_module = pytest.importorskip("pynsm.arch.swav")
+    torch.manual_seed(0)
+    model = swav_module.SwaV(
+        in_channels=1,
+        image_size=8,
+        n_epochs_frozen_prototypes=1,
+        criterion=_swav_criterion(),
+    )
+    steps = []
+    original = model.on_after_optimizer_step
+
+    def record(step, total_steps):
+        steps.append((step, total_steps))
+        original(step, total_steps)
+
+    model.on_after_optimizer_step = record
+    prototypes_before = model.prototypes.heads[0].weight.detach().clone()
+    backbone_before = [p.detach().clone() for p in model.backbone.parameters()]
+    loader = DataLoader(
+        TensorDataset(torch.rand(48, 1, 8, 8), torch.zeros(48, dtype=torch.long)),
+        batch_size=16,
+    )
+    trainer = _fit(
+        to_lightning(model, optimizer=torch.optim.Adam, lr=1e-3), loader, max_steps=3
+    )
+    assert trainer.global_step == 3
+    assert steps == [(0, 3), (1, 3), (2, 3)]
+    # epoch 0: prototypes frozen (only re-normalised); backbone trained
+    weight = model.prototypes.heads[0].weight.detach()
+    torch.testing.assert_close(weight.norm(dim=1), torch.ones(len(weight)))
+    torch.testing.assert_close(
+        weight, nn.functional.normalize(prototypes_before, dim=1)
+    )
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(backbone_before, model.backbone.parameters())
+    )
