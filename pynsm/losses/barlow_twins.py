@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as torch_dist
+import torch.nn.functional as F
 from torch import nn
 
 from pynsm import distributed
@@ -20,7 +21,8 @@ def barlow_twins_loss(
     Each view is standardised along the batch (mean 0, unbiased std 1 per
     feature); ``c = z_a_norm.T @ z_b_norm / N`` is their ``[D, D]``
     cross-correlation and the loss is
-    ``sum_i (1 - c_ii)^2 + lambda_param * sum_{i != j} c_ij^2``.
+    ``sum_i (1 - c_ii)^2 + lambda_param * sum_{i != j} c_ij^2``. A feature that
+    is constant over the batch standardises to 0 (not NaN).
 
     Args:
         z_a: ``[N, D]`` embeddings of the first views.
@@ -47,17 +49,21 @@ def barlow_twins_loss(
         )
     if gather_distributed:
         z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
-    batch_size, dim = z_a.shape
+    batch_size = z_a.shape[0]
     if batch_size < 2:
         raise ValueError("z_a and z_b need a batch size > 1 to standardise features")
-    z_a = (z_a - z_a.mean(dim=0)) / z_a.std(dim=0)
-    z_b = (z_b - z_b.mean(dim=0)) / z_b.std(dim=0)
-    c = z_a.T @ z_b / batch_size
-    # squared distance to the identity, off-diagonal entries weighted by lambda
-    # (a weight matrix rather than sum(c^2) - sum(diag^2), which cancels badly)
-    identity = torch.eye(dim, device=c.device, dtype=c.dtype)
-    weights = identity + lambda_param * (1 - identity)
-    return ((c - identity).pow(2) * weights).sum()
+    # batch_norm standardises with the biased variance in one fused op (its tiny eps
+    # only matters for constant features); the unbiased std of Algorithm 1 differs
+    # by sqrt((N - 1) / N) per view, folded into the scale of c
+    z_a = F.batch_norm(z_a, None, None, training=True, eps=1e-30)
+    z_b = F.batch_norm(z_b, None, None, training=True, eps=1e-30)
+    c = z_a.T @ z_b * ((batch_size - 1) / batch_size**2)
+    on_diagonal = (1 - c.diagonal()).pow(2).sum()
+    # off-diagonal squares: zero the diagonal of c^2 (exact, unlike subtracting
+    # the diagonal part from the total)
+    squares = c.pow(2)
+    squares.diagonal().zero_()
+    return on_diagonal + lambda_param * squares.sum()
 
 
 class BarlowTwinsLoss(nn.Module):

@@ -43,6 +43,14 @@ def test_defaults_and_fixed_point():
     assert loss(z, z).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_constant_feature_is_finite():
+    z_a, z_b = torch.randn(8, 3), torch.randn(8, 3)
+    z_a[:, 0] = 2.0
+    value = BarlowTwinsLoss()(z_a.requires_grad_(), z_b)
+    (grad,) = torch.autograd.grad(value, z_a)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+
+
 def test_float32_and_bf16_finite():
     z_a, z_b = torch.randn(64, 16) * 100, torch.randn(64, 16) * 100
     value = BarlowTwinsLoss()(z_a, z_b)
