@@ -96,6 +96,20 @@ class SwaVLoss(nn.Module):
             log_p = F.log_softmax(at_least_float32(z) / self.temperature, dim=1)
             return -(at_least_float32(q) * log_p).sum(dim=1).mean()
 
+    @torch.no_grad()
+    def _codes(self, scores: torch.Tensor, queue: torch.Tensor | None) -> torch.Tensor:
+        """Sinkhorn codes of one crop's scores (queue rows appended, then dropped)."""
+        outputs = at_least_float32(scores.detach())
+        if queue is not None:
+            outputs = torch.cat((outputs, queue.detach().to(outputs.dtype)))
+        codes = sinkhorn_swav(
+            outputs,
+            iterations=self.sinkhorn_iterations,
+            epsilon=self.sinkhorn_epsilon,
+            gather_distributed=self.sinkhorn_gather_distributed,
+        )
+        return codes[: scores.shape[0]]
+
     def forward(
         self,
         high_resolution_outputs: list[torch.Tensor],
@@ -117,23 +131,23 @@ class SwaVLoss(nn.Module):
         high, low = list(high_resolution_outputs), list(low_resolution_outputs)
         _check_crops(high, low, queue_outputs)
         n_crops = len(high) + len(low)
-        loss = high[0].new_zeros((), dtype=at_least_float32(high[0]).dtype)
-        for i, scores in enumerate(high):
-            with torch.no_grad():
-                outputs = scores.detach()
-                if queue_outputs is not None:
-                    outputs = torch.cat((outputs, queue_outputs[i].detach()))
-                with autocast_disabled(outputs):
-                    codes = sinkhorn_swav(
-                        outputs,
-                        iterations=self.sinkhorn_iterations,
-                        epsilon=self.sinkhorn_epsilon,
-                        gather_distributed=self.sinkhorn_gather_distributed,
-                    )
-                codes = codes[: scores.shape[0]]
-            predictions = [z for v, z in enumerate(high) if v != i] + low
-            crop_loss = sum(self.subloss(z, codes) for z in predictions)
-            loss = loss + crop_loss / (n_crops - 1)
+        with autocast_disabled(high[0]):
+            # log_softmax once per crop rather than once per (code, crop) pair, and
+            # sum_{v != i} q_i . log p_v = q_i . (sum over the other crops' log p_v)
+            log_probs = [
+                F.log_softmax(at_least_float32(z) / self.temperature, dim=1)
+                for z in high + low
+            ]
+            low_sum = sum(log_probs[len(high) :], torch.zeros_like(log_probs[0]))
+            loss = log_probs[0].new_zeros(())
+            for i, scores in enumerate(high):
+                codes = self._codes(
+                    scores, None if queue_outputs is None else queue_outputs[i]
+                )
+                others = sum(
+                    (log_probs[j] for j in range(len(high)) if j != i), low_sum
+                )
+                loss = loss - (codes * others).sum(dim=1).mean() / (n_crops - 1)
         return loss / len(high)
 
 
