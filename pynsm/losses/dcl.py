@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pynsm import distributed
-from pynsm.losses.ntx_ent import _logsumexp_rows
+from pynsm.losses.ntx_ent import _log_normaliser, _shifted_logits
 
 WeightFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -42,10 +42,6 @@ def negative_mises_fisher_weights(
     """
     similarity = (out0.detach() * out1.detach()).sum(dim=1) / sigma
     return 2 - out0.shape[0] * F.softmax(similarity, dim=0)
-
-
-def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 def dcl_loss(
@@ -104,8 +100,6 @@ def dcl_loss(
     if total < 2:
         raise ValueError("DCL needs at least 2 images in the (gathered) batch")
     # rows: this process's views (out0 then out1); columns: [all out0 | all out1]
-    # float32 at least: under autocast the product is bf16/fp16, too coarse for exp
-    sims = ((views / temperature) @ columns.T).to(_at_least_float32(views.dtype))
     own = torch.arange(batch_size, device=out0.device) + offset
     rows = torch.arange(2 * batch_size, device=out0.device)
     self_columns = torch.cat([own, own + total])
@@ -116,9 +110,11 @@ def dcl_loss(
         positive = positive * weights
     # drop the sample itself and its positive from both denominators
     excluded = (rows.repeat(2), torch.cat([self_columns, positive_columns]))
-    sims.index_put_(excluded, sims.new_tensor(float("-inf")))
-    negative = _logsumexp_rows(sims, bound=1 / abs(temperature))
-    return (negative - positive).mean()
+    shifted, shift = _shifted_logits(
+        views / temperature, columns.T, abs(1 / temperature), excluded
+    )
+    negative = _log_normaliser(shifted, shift)
+    return (negative - positive.to(negative.dtype)).mean()
 
 
 def _check(temperature: float, gather_distributed: bool) -> None:

@@ -12,26 +12,43 @@ from pynsm import distributed
 from pynsm.losses.memory_bank import MemoryBankModule
 
 
-def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
-    # under autocast the products come out in bf16/fp16, too coarse for log-sum-exp
-    return torch.promote_types(dtype, torch.float32)
+def _shifted_logits(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    bound: float,
+    excluded: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """``(query @ keys - shift, shift)`` for logits known to lie in ``[-bound, bound]``.
 
-
-def _logsumexp_rows(x: torch.Tensor, bound: float) -> torch.Tensor:
-    """``log sum_j exp x_ij`` per row, for entries known to satisfy ``x <= bound``.
-
-    Same value as :func:`torch.logsumexp` and about twice as fast on CPU. The exp is
-    shifted by ``bound`` when the entries cannot span more than 80 below it
-    (``bound <= 40`` for cosine logits in ``[-bound, bound]``: no overflow, no
-    underflow even in float32), else by the row maximum. The shift is detached: the
-    result does not depend on it. Entries may be ``-inf`` if each row has a finite
-    one.
+    Entries at the ``excluded`` ``(rows, columns)`` are set to ``-inf`` (absent from
+    the log-sum-exp). The shift keeps ``exp`` in range: ``bound`` itself when the
+    logits cannot span more than 80 below it (``bound <= 40``: no overflow and no
+    underflow even in float32), folded into the product (``addmm``) so it costs no
+    extra pass; else the maximum of each row's remaining entries (detached: a
+    log-sum-exp does not depend on it). The result is at least float32 (under
+    autocast the product comes out in bf16/fp16, too coarse for a log-sum-exp).
     """
+    dtype = torch.promote_types(query.dtype, torch.float32)
     if bound <= 40:
-        shift = x.new_tensor(bound).expand(x.shape[0], 1)
+        logits = torch.addmm(query.new_tensor(-bound), query, keys).to(dtype)
+        shift: torch.Tensor | float = bound
     else:
-        shift = x.detach().amax(dim=1, keepdim=True)
-    return shift.squeeze(1) + (x - shift).exp_().sum(dim=1).log()
+        logits = (query @ keys).to(dtype)
+    if excluded is not None:
+        logits.index_put_(excluded, logits.new_tensor(-inf))
+    if bound > 40:
+        row_max = logits.detach().amax(dim=1, keepdim=True)
+        logits = logits - row_max
+        shift = row_max.squeeze(1)
+    return logits, shift
+
+
+def _log_normaliser(
+    shifted_logits: torch.Tensor, shift: torch.Tensor | float
+) -> torch.Tensor:
+    """``log sum_j exp(logits_ij)`` per row from :func:`_shifted_logits` (consumes
+    ``shifted_logits`` in place; ``-inf`` entries count as absent)."""
+    return shifted_logits.exp_().sum(dim=1).log() + shift
 
 
 def ntxent_loss(
@@ -75,7 +92,7 @@ def ntxent_loss(
             "out0 and out1 must both have shape [batch, dim], got "
             f"{tuple(out0.shape)} and {tuple(out1.shape)}"
         )
-    batch_size, dtype = out0.shape[0], out0.dtype
+    batch_size = out0.shape[0]
     bound = 1 / abs(temperature)  # |cosine| <= 1: every logit lies in [-bound, bound]
     views = F.normalize(torch.cat([out0, out1]), dim=1)
     out0, out1 = views.split(batch_size)
@@ -88,10 +105,9 @@ def ntxent_loss(
         # cross-entropy with the positive as class 0, without materialising the
         # [B, 1 + K] logits: log(e^pos + sum e^neg) - pos, all in log space
         query = out0 / temperature
-        positive = (query * out1).sum(dim=1)
-        negative = (query @ negatives.to(query.dtype)).to(_at_least_float32(dtype))
-        positive = positive.to(negative.dtype)
-        log_normaliser = torch.logaddexp(positive, _logsumexp_rows(negative, bound))
+        shifted, shift = _shifted_logits(query, negatives.to(query.dtype), bound)
+        positive = (query * out1).sum(dim=1).to(shifted.dtype)
+        log_normaliser = torch.logaddexp(positive, _log_normaliser(shifted, shift))
         return (log_normaliser - positive).mean()
 
     if gather_distributed and distributed.world_size() > 1:
@@ -103,13 +119,15 @@ def ntxent_loss(
     total = columns.shape[0] // 2
     # one [2B, 2M] product instead of four blocks: rows are this process's views,
     # columns every view; row i's own column is masked out, its other view is the label
-    logits = ((views / temperature) @ columns.T).to(_at_least_float32(dtype))
     own = torch.arange(batch_size, device=out0.device) + offset
     rows = torch.arange(2 * batch_size, device=out0.device)
-    logits.index_put_((rows, torch.cat([own, own + total])), logits.new_tensor(-inf))
+    self_columns = torch.cat([own, own + total])
+    shifted, shift = _shifted_logits(
+        views / temperature, columns.T, bound, excluded=(rows, self_columns)
+    )
     # cross-entropy with the other view as label; its logit computed directly
-    positive = ((out0 * out1).sum(dim=1) / temperature).to(logits.dtype).repeat(2)
-    return (_logsumexp_rows(logits, bound) - positive).mean()
+    positive = ((out0 * out1).sum(dim=1) / temperature).to(shifted.dtype).repeat(2)
+    return (_log_normaliser(shifted, shift) - positive).mean()
 
 
 class NTXentLoss(MemoryBankModule):

@@ -52,7 +52,7 @@ def _check(loss_fn, ref_fn, out0, out1):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("temperature", [0.1, 0.5])
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 0.02])
 def test_dcl_matches_equation_6(temperature):
     out0 = torch.randn(5, 4, dtype=torch.float64)
     out1 = torch.randn(5, 4, dtype=torch.float64)

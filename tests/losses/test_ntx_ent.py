@@ -45,7 +45,7 @@ def _value_and_grads(fn, *inputs):
     return value.detach(), grads
 
 
-@pytest.mark.parametrize("temperature", [0.5, 0.1, 2.0])
+@pytest.mark.parametrize("temperature", [0.5, 0.1, 2.0, 0.02, -0.3])
 def test_simclr_value_and_gradients_match_formula(temperature):
     out0 = torch.randn(6, 5, dtype=torch.float64)
     out1 = torch.randn(6, 5, dtype=torch.float64)
@@ -120,6 +120,21 @@ def test_float32_small_temperature_is_finite_and_accurate():
     naive = torch.exp(z @ z.T / 0.001).sum()
     assert not torch.isfinite(naive)
     assert torch.isfinite(NTXentLoss(temperature=0.001)(out0, out1))
+
+
+@pytest.mark.parametrize("temperature", [0.01, 0.026, 0.2])
+def test_float32_accuracy_with_memory_bank(temperature):
+    # both shifts of the log-sum-exp (fixed bound for t >= 0.025, row max below)
+    out0, out1 = torch.randn(16, 8), torch.randn(16, 8)
+    bank = torch.nn.functional.normalize(torch.randn(8, 64), dim=0)
+    values = [
+        ntxent_loss(out0.to(d), out1.to(d), temperature, negatives=bank.to(d))
+        for d in (torch.float32, torch.float64)
+    ]
+    assert torch.isfinite(values[0])
+    assert abs(values[0].item() - values[1].item()) <= 1e-5 * values[1].item()
+    ref = moco_reference(out0.double(), out1.double(), bank.double(), temperature)
+    torch.testing.assert_close(values[1], ref, rtol=1e-10, atol=0)
 
 
 def test_bf16_autocast_is_finite():
