@@ -26,7 +26,10 @@ class SwaVQueue(nn.Module):
     only from epoch ``start_queue_at_epoch`` on, so that the stored features come
     from a network that has already learnt something; before, it returns ``None``.
 
-    The banks are :class:`pynsm.losses.MemoryBankModule` instances.
+    The banks are :class:`pynsm.losses.MemoryBankModule` instances. Their content
+    is a cache, not part of ``state_dict``: after loading a checkpoint the queues
+    start again from random unit vectors and refill within
+    ``queue_length / batch_size`` steps.
 
     Args:
         queue_length: Number of features kept per view.
