@@ -284,7 +284,9 @@ class MSNLoss(nn.Module):
         if isinstance(self.target_distribution, str):
             if self.target_distribution == "uniform":
                 # -entropy + log K, written with log p (finite even if p underflows)
-                return (mean * log_mean).sum() + math.log(mean.shape[0])
+                # (0 log 0 = 0, for means that are exactly zero)
+                plogp = torch.where(mean > 0, mean * log_mean, torch.zeros_like(mean))
+                return plogp.sum() + math.log(mean.shape[0])
             target = power_law_distribution(
                 mean.shape[0], self.power_law_exponent, mean.device, mean.dtype
             )
@@ -296,7 +298,8 @@ class MSNLoss(nn.Module):
                     f"{tuple(mean.shape)}, got {tuple(target.shape)}."
                 )
         target = target.to(mean.dtype)
-        return (torch.xlogy(target, target) - target * log_mean).sum()
+        cross = torch.where(target > 0, target * log_mean, torch.zeros_like(target))
+        return (torch.xlogy(target, target) - cross).sum()
 
 
 def _check_shapes(

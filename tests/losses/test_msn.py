@@ -138,6 +138,17 @@ def test_uniform_equals_default_and_regularization_loss(batch):
     mean = torch.softmax(torch.randn(7, dtype=torch.float64), 0)
     expected = (mean * mean.log()).sum() + math.log(7)
     torch.testing.assert_close(MSNLoss().regularization_loss(mean), expected)
+    # exact zeros count as 0 log 0 = 0
+    with_zero = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        MSNLoss().regularization_loss(with_zero),
+        torch.tensor(math.log(0.5) + math.log(3), dtype=torch.float64),
+    )
+    prior = MSNLoss(target_distribution=lambda m: torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(
+        prior.regularization_loss(with_zero),
+        torch.tensor(-math.log(0.5), dtype=torch.float64),
+    )
     # the uniform distribution is the minimum (0) of the regulariser
     uniform = torch.full((7,), 1 / 7, dtype=torch.float64)
     assert abs(float(MSNLoss().regularization_loss(uniform))) < 1e-12
