@@ -5,14 +5,18 @@ With plain SGD (step `lr`) on `y` and no scheduler, the iteration of
 
     y <- P(y - lr * (M y - b)),    b = sum_k W_k x_k,    y_0 = 0,
 
-with `M` acting on the channel dimension. Written for row vectors laid out channels
-last (`y` of shape `[N, C]` where `N` counts samples times spatial positions), this is
-one matrix product per iteration,
+with `M` acting on the channel dimension. Rewritten as
 
-    y <- P(lr * b + y @ A),        A = I - lr * M^T,
+    y <- P(lr * b + A y),          A = I - lr * M,
 
-so that every iteration is an `addmm` into a preallocated buffer followed by an
-in-place projection: no autograd, no optimizer, no per-iteration allocation.
+it is one matrix product per iteration, written into a preallocated buffer and
+followed by an in-place projection: no autograd, no optimizer, no per-iteration
+allocation. Two layouts are used:
+
+* dense outputs `[B, C]` are rows: `y <- P(lr * b + y @ A^T)` (`addmm`);
+* spatial outputs `[B, C, S]` (`S` positions) stay channels-first, and every sample
+  is a `[C, C] x [C, S]` product (`baddbmm` with `A` broadcast over the batch), so
+  that neither `b` nor `y` needs a transposed copy.
 """
 
 from __future__ import annotations
@@ -23,18 +27,38 @@ import torch
 
 # called after every iteration with (iteration index, current y); truthy stops
 IterationCallback = Callable[[int, torch.Tensor], bool]
+# update(drive, y, out): out <- drive + (A applied to y), for any leading block
+Update = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
-def step_matrix(competitor: torch.Tensor, lr: float) -> torch.Tensor:
-    """Return `A = I - lr * M^T`, so that one iteration is `P(lr * b + y @ A)`."""
+def make_update(competitor: torch.Tensor, lr: float, spatial: bool) -> Update:
+    """Return the linear part of one iteration, `out <- drive + A y`, `A = I - lr M`.
+
+    Args:
+        competitor: `M`, `[C, C]`.
+        lr: the iteration's learning rate.
+        spatial: `y` is `[B, C, S]` (channels first) rather than rows `[B, C]`.
+    """
     size = competitor.shape[0]
     eye = torch.eye(size, dtype=competitor.dtype, device=competitor.device)
-    return eye.sub_(competitor.t(), alpha=lr)
+    step = eye.sub_(competitor, alpha=lr)
+    if not spatial:
+        step_t = step.t()
+
+        def update_rows(drive, y, out):
+            torch.addmm(drive, y, step_t, out=out)
+
+        return update_rows
+
+    def update_spatial(drive, y, out):
+        torch.baddbmm(drive, step.expand(y.shape[0], size, size), y, out=out)
+
+    return update_spatial
 
 
 def run_fused_iteration(
     drive: torch.Tensor,
-    step: torch.Tensor,
+    update: Update,
     max_iterations: int,
     project_: Callable[[torch.Tensor], None],
     tol: float = 0.0,
@@ -45,10 +69,10 @@ def run_fused_iteration(
     """Run the fused iteration from `y = 0`.
 
     Args:
-        drive: `lr * b`, shape `[N, C]`.
-        step: `A = I - lr * M^T`, shape `[C, C]`.
+        drive: `lr * b`, rows `[B, C]` or channels-first `[B, C, S]`.
+        update: `out <- drive + A y` for a block of samples, see `make_update`.
         max_iterations: maximum number of iterations.
-        project_: applies the projection in place to a `[N, C]` buffer.
+        project_: applies the projection in place to a buffer shaped like `drive`.
         tol: stop after the first iteration `i >= 1` whose update changed every
             element by less than `tol` (disabled when `tol <= 0`).
         check_every: look at the convergence flag only every this many iterations.
@@ -58,14 +82,14 @@ def run_fused_iteration(
             avoid host-device synchronisation. Must be 1 with `on_iteration`.
         on_iteration: optional callback, see `IterationCallback`.
         chunk_rows: if given, and neither `tol` nor `on_iteration` is used, run all
-            iterations on blocks of this many rows at a time. Rows evolve
+            iterations on blocks of this many samples at a time. Samples evolve
             independently (`M` only mixes channels), so the answer is the same, but
             a block stays in cache for all iterations instead of streaming the
             whole `y` through memory every iteration. `project_` must then act on
-            rows independently (element-wise projections do).
+            samples independently (element-wise projections do).
 
     Returns:
-        `(y, last_idx)`: the final `y`, shape `[N, C]`, and the index of the last
+        `(y, last_idx)`: the final `y`, shaped like `drive`, and the index of the last
         iteration that counted (-1 when `max_iterations == 0`).
     """
     if max_iterations <= 0:
@@ -80,7 +104,7 @@ def run_fused_iteration(
         and tol <= 0
         and on_iteration is None
     ):
-        return _run_in_blocks(drive, step, max_iterations, project_, chunk_rows)
+        return _run_in_blocks(drive, update, max_iterations, project_, chunk_rows)
 
     # iteration 0 starts from y = 0, so it needs no product
     y = drive.clone()
@@ -94,7 +118,7 @@ def run_fused_iteration(
     check = tol > 0
     if not check:
         for i in range(1, max_iterations):
-            torch.addmm(drive, y, step, out=y_next)
+            update(drive, y, y_next)
             project_(y_next)
             y, y_next = y_next, y
             if on_iteration is not None and on_iteration(i, y):
@@ -104,7 +128,7 @@ def run_fused_iteration(
     diff = torch.empty_like(y)
     if check_every == 1:
         for i in range(1, max_iterations):
-            torch.addmm(drive, y, step, out=y_next)
+            update(drive, y, y_next)
             project_(y_next)
             y, y_next = y_next, y
             if on_iteration is not None and on_iteration(i, y):
@@ -118,7 +142,7 @@ def run_fused_iteration(
     done = torch.zeros((), dtype=torch.bool, device=y.device)
     stop_idx = torch.full((), max_iterations - 1, dtype=torch.long, device=y.device)
     for i in range(1, max_iterations):
-        torch.addmm(drive, y, step, out=y_next)
+        update(drive, y, y_next)
         project_(y_next)
         # once converged, y stays frozen: y_next <- y where done
         y_next.copy_(torch.where(done, y, y_next))
@@ -134,7 +158,7 @@ def run_fused_iteration(
 
 def _run_in_blocks(
     drive: torch.Tensor,
-    step: torch.Tensor,
+    update: Update,
     max_iterations: int,
     project_: Callable[[torch.Tensor], None],
     chunk_rows: int,
@@ -142,7 +166,7 @@ def _run_in_blocks(
     """All iterations on one block of rows at a time (see `run_fused_iteration`)."""
     result = torch.empty_like(drive)
     spare = torch.empty(
-        (chunk_rows, drive.shape[1]), dtype=drive.dtype, device=drive.device
+        (chunk_rows, *drive.shape[1:]), dtype=drive.dtype, device=drive.device
     )
     for start in range(0, drive.shape[0], chunk_rows):
         block_drive = drive[start : start + chunk_rows]
@@ -151,7 +175,7 @@ def _run_in_blocks(
         y.copy_(block_drive)
         project_(y)
         for _ in range(1, max_iterations):
-            torch.addmm(block_drive, y, step, out=y_next)
+            update(block_drive, y, y_next)
             project_(y_next)
             y, y_next = y_next, y
         if y is not target:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._fused import run_fused_iteration, step_matrix
+from ._fused import make_update, run_fused_iteration
 from .base import IterationLossModule
 
 _REGULARIZATIONS = ("weight", "whiten", "none")
@@ -56,8 +56,8 @@ _LIFECYCLE = (
 # on an accelerator, look at the convergence flag only every few iterations
 _CHECK_EVERY_ON_ACCELERATOR = 4
 # on the CPU, iterate blocks of about this many elements at a time so that they stay
-# in cache (a few hundred kB per buffer; measured on 2 cores)
-_CPU_BLOCK_ELEMENTS = 3 * 2**16
+# in cache (512 kB per float32 buffer; measured on 2 cores)
+_CPU_BLOCK_ELEMENTS = 2**17
 
 
 class _ScaleGradient:
@@ -272,19 +272,20 @@ class MultiSimilarityMatching(IterationLossModule):
                 encodings = self._encode(*inputs, keep_all=True)
                 shape = self._output_shape(encodings)
                 dtype = self._iteration_dtype(encodings)
-                b = _sum_channels_last(encodings, shape, dtype)
+                b = _sum_encodings(encodings, shape, dtype)
                 lr = self.it_optim_kwargs["lr"]
                 drive = b if lr == 1 else b * lr
-                step = step_matrix(self.competitor.weight.to(dtype), lr)
-            self._Wx_sum = _channels_first(b, shape)
+                spatial = len(shape) > 2
+                update = make_update(self.competitor.weight.to(dtype), lr, spatial)
+            self._Wx_sum = b.view(shape)
 
             callback = None
             check_every = 1
             if self.hooks["iteration"]:
 
-                def callback(i: int, y_cl: torch.Tensor) -> bool:
+                def callback(i: int, y_flat: torch.Tensor) -> bool:
                     self.iteration_idx = i
-                    self.y = _channels_first(y_cl, shape)
+                    self.y = y_flat.view(shape)
                     with torch.set_grad_enabled(grad_enabled):
                         return self._call_hooks(self.hooks["iteration"], True)
 
@@ -294,11 +295,11 @@ class MultiSimilarityMatching(IterationLossModule):
             project_, elementwise = self._in_place_projection(shape)
             chunk_rows = None
             if elementwise and drive.device.type == "cpu":
-                chunk_rows = max(1, _CPU_BLOCK_ELEMENTS // shape[1])
+                chunk_rows = max(1, _CPU_BLOCK_ELEMENTS // drive[0].numel())
             with torch.no_grad():
-                y_cl, last_idx = run_fused_iteration(
+                y_flat, last_idx = run_fused_iteration(
                     drive,
-                    step,
+                    update,
                     self.max_iterations,
                     project_,
                     tol=self.tol,
@@ -306,7 +307,7 @@ class MultiSimilarityMatching(IterationLossModule):
                     on_iteration=callback,
                     chunk_rows=chunk_rows,
                 )
-                y = _channels_first(y_cl, shape).contiguous()
+                y = y_flat.view(shape)
             self.iteration_idx = last_idx
             self.y = y
             self._call_hooks(self.hooks["post"])
@@ -335,17 +336,17 @@ class MultiSimilarityMatching(IterationLossModule):
     def _in_place_projection(
         self, shape: torch.Size
     ) -> tuple[Callable[[torch.Tensor], None], bool]:
-        """Return a function projecting a channels-last `[N, M]` buffer in place,
-        and whether it acts element-wise (so that it may see any block of rows)."""
+        """Return a function projecting the flat `y` buffer in place, and whether it
+        acts element-wise (so that it may see any block of samples)."""
         projection = self.iteration_projection
         if projection is None:
             return _no_projection, True
         if projection in _RELU_PROJECTIONS or type(projection) is nn.ReLU:
             return torch.Tensor.relu_, True
 
-        def project_(y_cl: torch.Tensor) -> None:
-            # any other projection sees y in the usual [B, M, *spatial] layout
-            view = _channels_first(y_cl, shape)
+        def project_(y_flat: torch.Tensor) -> None:
+            # any other projection sees y in the usual [B, M, *spatial] shape
+            view = y_flat.view(shape)
             projected = projection(view)
             if projected is not view:
                 view.copy_(projected)
@@ -439,9 +440,13 @@ class MultiSimilarityMatching(IterationLossModule):
 
         # sum_s y_s^T M y_s = <M, sum_s y_s y_s^T>: one Gram matrix over all samples
         # and positions; it is also exactly the gradient with respect to M
-        y_rows = y.movedim(1, -1).reshape(-1, channels)
         weight = self.competitor.weight
-        yMy = (weight * (y_rows.t() @ y_rows)).sum()
+        if y.ndim == 2:
+            gram = y.t() @ y
+        else:
+            y_flat = y.reshape(y.shape[0], channels, -1)
+            gram = torch.bmm(y_flat, y_flat.transpose(1, 2)).sum(0)
+        yMy = (weight * gram).sum()
 
         spatial_dims = tuple(range(2, y.ndim))
         y_pooled = y.sum(dim=spatial_dims) if spatial_dims else y
@@ -576,35 +581,23 @@ def _apply_competitor(weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bj...->bi...", weight, y)
 
 
-def _sum_channels_last(
+def _sum_encodings(
     encodings: Sequence[torch.Tensor | None], shape: torch.Size, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Return `sum_k W_k x_k` as rows `[B * prod(spatial), M]` (channels last)."""
+    """Return `sum_k W_k x_k` as `[B, M]` or, with spatial dims, `[B, M, S]`.
+
+    A single encoding of the right dtype is only viewed, not copied; it is never
+    modified (the caller only reads the result).
+    """
     present = [e for e in encodings if e is not None]
-    channels = shape[1]
-    if len(shape) == 2:
-        total = present[0].to(dtype)
-        for enc in present[1:]:
-            total = total + enc
-        return total
-    batch, spatial = shape[0], shape[2:]
-    total = torch.empty(
-        (batch, *spatial, channels), dtype=dtype, device=present[0].device
-    )
-    full = [e for e in present if e.ndim > 2]
-    total.copy_(full[0].movedim(1, -1))
+    batch, channels = shape[0], shape[1]
+    flat_shape = (batch, channels) if len(shape) == 2 else (batch, channels, -1)
+    full = [e for e in present if e.ndim == len(shape)]
+    pooled = [e for e in present if e.ndim < len(shape)]
+    total = full[0].to(dtype).reshape(flat_shape)
     for enc in full[1:]:
-        total.add_(enc.movedim(1, -1))
-    flat = total.view(batch, -1, channels)
-    for enc in present:
-        if enc.ndim == 2:
-            flat.add_(enc.unsqueeze(1))
-    return total.view(-1, channels)
-
-
-def _channels_first(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """View channels-last rows `[N, M]` as `[B, M, *spatial]` (no copy)."""
-    if len(shape) == 2:
-        return rows
-    batch, channels, spatial = shape[0], shape[1], shape[2:]
-    return rows.view(batch, *spatial, channels).movedim(-1, 1)
+        total = total + enc.reshape(flat_shape)
+    for enc in pooled:
+        # a [B, M] encoding is broadcast over the spatial positions
+        total = total + enc.unsqueeze(-1)
+    return total

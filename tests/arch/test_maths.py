@@ -137,10 +137,11 @@ def test_blocked_iteration_equals_whole_iteration(monkeypatch):
     """On the CPU, rows are iterated in cache-sized blocks: same answer."""
     circuit = _relu_circuit(nn.Conv2d(1, 6, 3), 6, iteration_lr=0.3)
     set_competitor(circuit, random_spd(6))
-    x = torch.randn(5, 1, 9, 9)  # 5 * 49 = 245 rows
+    x = torch.randn(5, 1, 9, 9)  # 5 samples of 6 * 49 = 294 elements
     whole = circuit(x)
-    monkeypatch.setattr(similarity, "_CPU_BLOCK_ELEMENTS", 6 * 32)  # 32-row blocks
+    monkeypatch.setattr(similarity, "_CPU_BLOCK_ELEMENTS", 2 * 294)  # 2 per block
     blocked = circuit(x)
+    assert torch.equal(circuit(x), blocked)
     torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-7)
 
 
@@ -149,12 +150,12 @@ def test_deferred_convergence_check_gives_same_answer(check_every):
     """Checking the converged flag every few iterations changes nothing."""
     rows, channels, lr = 50, 6, 0.3
     drive = lr * torch.randn(rows, channels, dtype=torch.float64)
-    step = _fused.step_matrix(random_spd(channels, dtype=torch.float64), lr)
+    update = _fused.make_update(random_spd(channels, dtype=torch.float64), lr, False)
     y1, idx1 = _fused.run_fused_iteration(
-        drive, step, 300, torch.Tensor.relu_, tol=1e-6, check_every=1
+        drive, update, 300, torch.Tensor.relu_, tol=1e-6, check_every=1
     )
     y2, idx2 = _fused.run_fused_iteration(
-        drive, step, 300, torch.Tensor.relu_, tol=1e-6, check_every=check_every
+        drive, update, 300, torch.Tensor.relu_, tol=1e-6, check_every=check_every
     )
     assert 1 <= idx1 < 299
     assert idx1 == idx2
