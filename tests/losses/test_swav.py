@@ -176,3 +176,16 @@ def test_mismatched_shapes(high, low, queue, name):
 
     with pytest.raises(ValueError, match=name):
         SwaVLoss()(make(high), make(low), None if queue is None else make(queue))
+
+
+def test_low_temperature_float32_is_float64_accurate():
+    crops = [torch.randn(16, 32) * 5 for _ in range(3)]
+    loss_fn = SwaVLoss(temperature=0.01)
+    expected = _value_and_grads(loss_fn, crops, torch.float64, 2)
+    got = _value_and_grads(loss_fn, crops, torch.float32, 2)
+    assert all(torch.isfinite(g).all() for g in got)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-4, atol=1e-3)
+    for g, e in zip(got[1:], expected[1:]):
+        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-4 * e.abs().max())
+    # softmax(z / 0.01) underflows to 0 in float32: the plain log(p) is -inf
+    assert torch.isinf(torch.log(torch.softmax(crops[2] / 0.01, dim=1))).any()
