@@ -1,37 +1,10 @@
 """Self-supervised learning losses: the clustering family (MSN, PMSN, SwaV, DINO) and
 the rest of the documented loss family (Barlow Twins, DCL, NT-Xent, VICReg, ...)."""
 
-# --- clustering losses (MSN, PMSN, SwaV, DINO, Sinkhorn) ---
-from pynsm.losses.dino import DINOLoss
-from pynsm.losses.msn import (
-    MSNLoss,
-    power_law_distribution,
-    prototype_probabilities,
-    sharpen,
-)
-from pynsm.losses.pmsn import PMSNCustomLoss, PMSNLoss
-from pynsm.losses.sinkhorn import sinkhorn_log, sinkhorn_msn, sinkhorn_swav
-from pynsm.losses.swav import SwaVLoss
-
-_CLUSTERING_ALL = [
-    "DINOLoss",
-    "MSNLoss",
-    "PMSNCustomLoss",
-    "PMSNLoss",
-    "SwaVLoss",
-    "power_law_distribution",
-    "prototype_probabilities",
-    "sharpen",
-    "sinkhorn_log",
-    "sinkhorn_msn",
-    "sinkhorn_swav",
-]
-# --- end clustering losses ---
-
-# --- contrastive / redundancy-reduction losses ---
 from pynsm.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from pynsm.losses.co2 import CO2Regularizer
 from pynsm.losses.dcl import DCLLoss, DCLWLoss, dcl_loss, negative_mises_fisher_weights
+from pynsm.losses.dino import DINOLoss
 from pynsm.losses.hypersphere import (
     HypersphereLoss,
     alignment_loss,
@@ -39,11 +12,20 @@ from pynsm.losses.hypersphere import (
     uniformity_loss,
 )
 from pynsm.losses.memory_bank import MemoryBankModule
+from pynsm.losses.msn import (
+    MSNLoss,
+    power_law_distribution,
+    prototype_probabilities,
+    sharpen,
+)
 from pynsm.losses.negative_cosine_similarity import (
     NegativeCosineSimilarity,
     negative_cosine_similarity,
 )
 from pynsm.losses.ntx_ent import NTXentLoss, ntxent_loss
+from pynsm.losses.pmsn import PMSNCustomLoss, PMSNLoss
+from pynsm.losses.sinkhorn import sinkhorn_log, sinkhorn_msn, sinkhorn_swav
+from pynsm.losses.swav import SwaVLoss
 from pynsm.losses.sym_neg_cos_sim import SymNegCosineSimilarityLoss
 from pynsm.losses.tico import TiCoLoss
 from pynsm.losses.vicreg import (
@@ -55,15 +37,20 @@ from pynsm.losses.vicreg import (
 )
 from pynsm.losses.vicregl import VICRegLLoss
 
-_CONTRASTIVE_ALL = [
+__all__ = [
     "BarlowTwinsLoss",
     "CO2Regularizer",
     "DCLLoss",
     "DCLWLoss",
+    "DINOLoss",
     "HypersphereLoss",
+    "MSNLoss",
     "MemoryBankModule",
     "NTXentLoss",
     "NegativeCosineSimilarity",
+    "PMSNCustomLoss",
+    "PMSNLoss",
+    "SwaVLoss",
     "SymNegCosineSimilarityLoss",
     "TiCoLoss",
     "VICRegLLoss",
@@ -77,8 +64,13 @@ _CONTRASTIVE_ALL = [
     "negative_cosine_similarity",
     "negative_mises_fisher_weights",
     "ntxent_loss",
+    "power_law_distribution",
+    "prototype_probabilities",
+    "sharpen",
+    "sinkhorn_log",
+    "sinkhorn_msn",
+    "sinkhorn_swav",
     "uniformity_loss",
     "variance_loss",
     "vicreg_loss",
 ]
-# --- end contrastive / redundancy-reduction losses ---
