@@ -1,12 +1,13 @@
 import pytest
 import torch
-from _ssl_standins import msn_criterion, swav_criterion
 from sklearn.datasets import load_digits
 from torch import nn
 
 from pynsm.arch.momentum import cosine_schedule
 from pynsm.arch.msn import MSN, PMSN
 from pynsm.arch.swav import SwaV
+from pynsm.losses.msn import MSNLoss
+from pynsm.losses.swav import SwaVLoss
 
 
 @pytest.fixture(scope="module")
@@ -16,18 +17,16 @@ def digits():
 
 
 def _msn(cls=MSN, **kwargs):
-    distribution = "power_law" if cls is PMSN else "uniform"
-    criterion = msn_criterion(target_distribution=distribution)
     return cls(
         embed_dim=32, projection_hidden_dim=32, projection_dim=16, n_prototypes=16,
-        num_focal_views=2, criterion=criterion, **kwargs,
+        num_focal_views=2, **kwargs,
     )
 
 
 def _swav(**kwargs):
     return SwaV(
         projection_hidden_dim=32, projection_dim=16, n_prototypes=10, num_local_crops=2,
-        criterion=swav_criterion(), **kwargs,
+        **kwargs,
     )
 
 
@@ -116,14 +115,25 @@ def test_msn_feeds_view_major_anchors_to_the_loss(digits):
     assert seen["prototypes"] is model.prototypes.weight and seen["sharpen"] == 0.3
 
 
-def test_pmsn_defaults_to_a_power_law_target():
-    try:
-        from pynsm.losses.msn import MSNLoss  # noqa: F401
-    except ImportError:
-        pytest.skip("pynsm.losses.msn not available yet")
-    model = PMSN(embed_dim=32)
-    assert getattr(model.criterion, "target_distribution", None) == "power_law"
-    assert getattr(model.criterion, "power_law_exponent", None) == 0.25
+def test_default_criteria_get_the_model_arguments():
+    msn = MSN(temperature=0.2, sinkhorn_iterations=5, regularization_weight=0.5)
+    assert isinstance(msn.criterion, MSNLoss)
+    assert (msn.criterion.temperature, msn.criterion.sinkhorn_iterations) == (0.2, 5)
+    assert msn.criterion.regularization_weight == 0.5
+    assert msn.criterion.target_distribution == "uniform"
+    pmsn = PMSN()
+    assert pmsn.criterion.target_distribution == "power_law"
+    assert pmsn.criterion.power_law_exponent == 0.25
+
+    def uniform(mean_probabilities):
+        return torch.full_like(mean_probabilities, 1 / mean_probabilities.numel())
+
+    assert PMSN(target_distribution=uniform).criterion.target_distribution is uniform
+    swav = SwaV(temperature=0.2, sinkhorn_iterations=4, sinkhorn_epsilon=0.1)
+    assert isinstance(swav.criterion, SwaVLoss)
+    assert swav.criterion.temperature == 0.2
+    assert (swav.criterion.sinkhorn_iterations, swav.criterion.sinkhorn_epsilon) == (
+        4, 0.1)
 
 
 def test_swav_prototypes_frozen_in_the_first_epoch_and_normalised(digits):
@@ -150,7 +160,7 @@ def test_swav_uses_the_queue_from_the_start_epoch(digits):
     class Recorder(nn.Module):
         def forward(self, high, low, queue=None):
             calls.append(None if queue is None else [tuple(q.shape) for q in queue])
-            return swav_criterion()(high, low, queue)
+            return SwaVLoss()(high, low, queue)
 
     model = _swav(queue_length=48, start_queue_at_epoch=1)
     model.criterion = Recorder()
@@ -166,8 +176,7 @@ def test_swav_uses_the_queue_from_the_start_epoch(digits):
 def test_swav_embed_and_custom_backbone(digits):
     backbone = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
                              nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    model = SwaV(backbone=backbone, projection_dim=8, n_prototypes=5,
-                 criterion=swav_criterion())
+    model = SwaV(backbone=backbone, projection_dim=8, n_prototypes=5)
     assert model.backbone is backbone
     assert model.embed(digits).shape == (32, 8)
     model.training_loss(digits).backward()
@@ -195,13 +204,12 @@ def test_models_on_other_image_sizes(size, channels):
     images = torch.rand(6, channels, size, size)
     msn = MSN(in_channels=channels, image_size=size, embed_dim=16, num_heads=2,
               projection_hidden_dim=16, projection_dim=8, n_prototypes=8,
-              num_focal_views=1, criterion=msn_criterion())
+              num_focal_views=1)
     assert size % msn.patch_size == 0
     assert torch.isfinite(msn.training_loss(images))
     assert msn.embed(images).shape == (6, 16)
     swav = SwaV(in_channels=channels, image_size=size, projection_hidden_dim=16,
-                projection_dim=8, n_prototypes=5, num_local_crops=1,
-                criterion=swav_criterion())
+                projection_dim=8, n_prototypes=5, num_local_crops=1)
     assert torch.isfinite(swav.training_loss(images))
 
 
