@@ -9,6 +9,7 @@ from .arch import (  # noqa: E402
     SimilarityMatching,
     SupervisedSimilarityMatching,
 )
+from .eval import extract_embeddings  # noqa: E402
 
 __all__ = [
     "IterationModule",
@@ -16,5 +17,6 @@ __all__ = [
     "MultiSimilarityMatching",
     "SimilarityMatching",
     "SupervisedSimilarityMatching",
+    "extract_embeddings",
     "__version__",
 ]
