@@ -34,7 +34,7 @@ class ModelSpec:
     epochs: int
     batch_size: int
     probe_c: float  # inverse L2 strength of the logistic readout
-    self_supervised: bool  # no labels in training: report random_init_accuracy
+    self_supervised: bool  # trained without labels
 
 
 def _conv_pool(y: torch.Tensor) -> torch.Tensor:
@@ -271,7 +271,8 @@ def _train(args: argparse.Namespace) -> int:
                 C=spec.probe_c,
             )
 
-        random_init = readout() if spec.self_supervised and rank == 0 else None
+        # the same readout on the untrained model: how much training adds
+        random_init = readout() if rank == 0 else None
         torch.manual_seed(args.seed + rank)  # augmentations differ between processes
         trainer = Trainer(
             task,
