@@ -179,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return _train(args)
     except UsageError as exc:
-        print(f"pynsm: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one each
+            print(f"pynsm: error: {exc}", file=sys.stderr)
         return 2
 
 
@@ -236,7 +237,7 @@ def _train(args: argparse.Namespace) -> int:
     train_set, test_set = _load_dataset(args.dataset)
     images = train_set.tensors[0]
     channels, height, width = images.shape[1:]
-    if height != width and spec.self_supervised and args.model != "sm":
+    if height != width and args.model in ("msn", "pmsn", "swav"):
         _fail(f"--model {args.model} needs square images, got {height}x{width}")
     classes = int(torch.cat([train_set.tensors[1], test_set.tensors[1]]).max()) + 1
 
@@ -300,6 +301,7 @@ def _train(args: argparse.Namespace) -> int:
 
     result: dict[str, Any] = {
         "model": args.model,
+        "self_supervised": spec.self_supervised,
         "dataset": args.dataset,
         "test_accuracy": accuracy,
         "history": history,

@@ -75,7 +75,8 @@ class Trainer:
         drop_last: Drop the last incomplete batch.
         num_workers: DataLoader worker processes.
         progress: Show a progress bar (rank 0 only).
-        sync_batchnorm: Convert batch norms to ``SyncBatchNorm`` when distributed.
+        sync_batchnorm: Convert batch norms to ``SyncBatchNorm`` when distributed
+            (CUDA only: torch has no CPU kernel for it).
         find_unused_parameters: Passed to ``DistributedDataParallel``.
 
     Example:
@@ -144,6 +145,9 @@ class Trainer:
         self.precision = _resolve_precision(mixed_precision, self.device)
 
         if sync_batchnorm and self.world_size > 1:
+            if self.device.type != "cuda":
+                # torch's SyncBatchNorm has no CPU kernel
+                raise ValueError("sync_batchnorm=True needs CUDA devices")
             self.task = nn.SyncBatchNorm.convert_sync_batchnorm(self.task)
         self.task.to(self.device)
         self.optimizer = _make_optimizer(optimizer, self.task, lr)
