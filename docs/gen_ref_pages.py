@@ -11,6 +11,7 @@ the module, say) is placed above the generated reference of that module.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -46,12 +47,21 @@ def first_line(obj: object) -> str:
 
 def package_page(name: str, module: object, exported: list[str]) -> str:
     """Summary table, then one mkdocstrings entry per documented export."""
-    rendered = [
+    documented = [
         export
         for export in exported
         if inspect.isclass(getattr(module, export))
         or inspect.isroutine(getattr(module, export))
     ]
+    # A name that is also a submodule (``losses.negative_cosine_similarity``, the
+    # function, beside the module of the same name) resolves to the module in the
+    # static analysis: render those from their defining module, under our own anchor.
+    shadowed = [
+        export
+        for export in documented
+        if importlib.util.find_spec(f"{name}.{export}") is not None
+    ]
+    rendered = [export for export in documented if export not in shadowed]
     lines = [
         "| Name | Summary |",
         "| --- | --- |",
@@ -60,6 +70,9 @@ def package_page(name: str, module: object, exported: list[str]) -> str:
         value = getattr(module, export)
         if export in rendered:
             link = f"[`{export}`][{name}.{export}]"
+            lines.append(f"| {link} | {first_line(value)} |")
+        elif export in shadowed:
+            link = f"[`{export}`](#{name}.{export})"
             lines.append(f"| {link} | {first_line(value)} |")
         else:
             lines.append(f"| [`{export}`](#{name}.{export}) | `{value!r}` |")
@@ -74,9 +87,20 @@ def package_page(name: str, module: object, exported: list[str]) -> str:
         members,
         "",
     ]
+    for export in shadowed:
+        value = getattr(module, export)
+        lines += [
+            f'<h2 id="{name}.{export}"><code>{export}</code></h2>',
+            "",
+            f"::: {value.__module__}.{value.__qualname__}",
+            "    options:",
+            "      show_root_heading: false",
+            "      show_root_toc_entry: false",
+            "",
+        ]
     # Plain values (``__version__``) have no docstring to render: list them here.
     for export in exported:
-        if export not in rendered:
+        if export not in documented:
             value = getattr(module, export)
             lines += [
                 f'<h2 id="{name}.{export}"><code>{export}</code></h2>',

@@ -9,7 +9,7 @@ the single-process script:
 
 - distributed data parallel training and distributed sampling;
 - the Sinkhorn step balances the codes over the batches of all processes, and
-  batch norms are synchronised;
+  batch norms are synchronised (on CUDA);
 - ``--batch-size`` is per process; only rank 0 prints and evaluates.
 
     torchrun --nproc_per_node 2 docs/examples/scripts/distributed/swav_queue.py
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> float | None:
         lr=args.lr,
         seed=args.seed,
         drop_last=True,
-        sync_batchnorm=True,
+        sync_batchnorm=torch.cuda.is_available(),  # SyncBatchNorm is CUDA-only
         progress=rank == 0,
     )
     try:
