@@ -222,7 +222,7 @@ def _device(text: str | None) -> torch.device:
 
 def _train(args: argparse.Namespace) -> int:
     from pynsm.eval import extract_embeddings, linear_probe_accuracy
-    from pynsm.train import CheckpointError, Trainer
+    from pynsm.train import CheckpointError, Trainer, load_checkpoint
     from pynsm.train.launch import init_distributed_from_env
 
     spec = MODELS[args.model]
@@ -233,6 +233,11 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.resume and not os.path.isfile(checkpoint):
         _fail(f"--resume: nothing to resume, no checkpoint at {checkpoint}")
+    if args.resume:
+        try:  # fail before any work; the trainer loads it again to resume
+            load_checkpoint(checkpoint)
+        except CheckpointError as exc:
+            _fail(str(exc))
     device = _device(args.device)
     train_set, test_set = _load_dataset(args.dataset)
     images = train_set.tensors[0]
