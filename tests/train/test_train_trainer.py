@@ -182,3 +182,33 @@ def test_bad_task_and_data():
         Trainer(NoisyRegression(), progress=False).fit(_data(), resume=True)
     with pytest.raises(FileNotFoundError):
         Trainer(NoisyRegression(), progress=False).fit(_data(), resume="/nonexistent")
+
+
+class _DtypeProbe(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.dtypes: list[torch.dtype] = []
+
+    def training_loss(self, batch):
+        out = self.linear(batch[0])
+        self.dtypes.append(out.dtype)
+        return out.float().pow(2).mean()
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("auto", torch.float32), ("bf16", torch.bfloat16)]
+)
+def test_mixed_precision_autocasts_the_loss_computation(precision, dtype):
+    task = _DtypeProbe()
+    trainer = Trainer(
+        task,
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        mixed_precision=precision,
+        progress=False,
+    )
+    trainer.fit(TensorDataset(torch.randn(8, 4)))
+    assert task.dtypes == [dtype, dtype]  # "auto" keeps float32 on the CPU
+    assert task.linear.weight.dtype == torch.float32  # master weights stay fp32
