@@ -133,14 +133,23 @@ def test_supervised_fast_path_equals_general_path():
         assert fast.iteration_idx == general.iteration_idx
 
 
-def test_blocked_iteration_equals_whole_iteration(monkeypatch):
-    """On the CPU, rows are iterated in cache-sized blocks: same answer."""
+def test_blocked_iteration_equals_whole_iteration(monkeypatch, one_thread):
+    """Single-threaded on the CPU, samples are iterated in cache-sized blocks."""
     circuit = _relu_circuit(nn.Conv2d(1, 6, 3), 6, iteration_lr=0.3)
     set_competitor(circuit, random_spd(6))
     x = torch.randn(5, 1, 9, 9)  # 5 samples of 6 * 49 = 294 elements
     whole = circuit(x)
     monkeypatch.setattr(similarity, "_CPU_BLOCK_ELEMENTS", 2 * 294)  # 2 per block
+    calls = []
+    run_in_blocks = _fused._run_in_blocks
+
+    def spy(drive, update, max_iterations, project_, chunk_rows):
+        calls.append(chunk_rows)
+        return run_in_blocks(drive, update, max_iterations, project_, chunk_rows)
+
+    monkeypatch.setattr(_fused, "_run_in_blocks", spy)
     blocked = circuit(x)
+    assert calls == [2]
     assert torch.equal(circuit(x), blocked)
     torch.testing.assert_close(blocked, whole, rtol=1e-6, atol=1e-7)
 
