@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -153,9 +154,11 @@ def main() -> None:
     try:
         for rep in range(args.repeat + 1):  # the first round warms up
             for name, measure in ours_jobs:
+                time.sleep(0.05)  # let the other side's threads go idle first
                 peer.stdin.write(f"{name}|{measure}\n")
                 peer.stdin.flush()
                 theirs = tuple(map(float, peer.stdout.readline().split()))
+                time.sleep(0.05)
                 mine = time_once(ours_jobs[name, measure])
                 floor = time_once(floors[name]) if measure == "forward" else None
                 if rep == 0:
