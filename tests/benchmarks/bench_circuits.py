@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python tests/benchmarks/bench_circuits.py [--repeat N]
+    .venv/bin/python tests/benchmarks/bench_circuits.py [--repeat N] [--threads T]
 
 pynsm 1.0.1 runs in a second process (see `tests/peer.py`); both sides build the same
 circuits with the same code. Measurements are interleaved -- one peer run, one run
@@ -133,18 +133,19 @@ def make_floors(namespace: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=THREADS)
     args = parser.parse_args()
     if not (PEER_DIR / "pynsm").is_dir():
         sys.exit(f"pynsm 1.0.1 not found in {PEER_DIR}: run tests/fetch_peer.sh")
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     namespace: dict = {}
     exec(TIMING_SOURCE, namespace)
     ours_jobs = namespace["prepare"]()
     floors = make_floors(namespace)
     time_once = namespace["time_once"]
 
-    peer = start_peer(TIMING_SOURCE + SERVER_SOURCE, threads=THREADS)
+    peer = start_peer(TIMING_SOURCE + SERVER_SOURCE, threads=args.threads)
     best: dict = {}
 
     def record(key, seconds):
@@ -172,7 +173,7 @@ def main() -> None:
         peer.wait()
 
     print(
-        f"torch {torch.__version__}, {THREADS} threads, 40 iterations, ReLU, "
+        f"torch {torch.__version__}, {args.threads} threads, 40 iterations, ReLU, "
         f"best of {args.repeat}"
     )
     header = (
