@@ -50,3 +50,12 @@ def check_distributed_available(name: str, flag: bool) -> None:
             f"{name}=True but torch.distributed is not available in this PyTorch "
             f"build; set {name}=False."
         )
+
+
+def check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` are both ``[batch, dim]`` alike."""
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must both have shape [batch, dim], got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pynsm import distributed
+from pynsm.losses._numerics import check_pair
 
 
 def barlow_twins_loss(
@@ -42,11 +43,7 @@ def barlow_twins_loss(
         >>> bool(barlow_twins_loss(z, z) < barlow_twins_loss(z, torch.randn(64, 8)))
         True
     """
-    if z_a.ndim != 2 or z_a.shape != z_b.shape:
-        raise ValueError(
-            "z_a and z_b must both have shape [batch, dim], got "
-            f"{tuple(z_a.shape)} and {tuple(z_b.shape)}"
-        )
+    check_pair("z_a", z_a, "z_b", z_b)
     if gather_distributed:
         z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
     batch_size = z_a.shape[0]

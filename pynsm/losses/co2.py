@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pynsm.losses._numerics import check_pair
 from pynsm.losses.memory_bank import MemoryBankModule
 
 
@@ -80,11 +81,7 @@ class CO2Regularizer(MemoryBankModule):
         Returns:
             The regularisation term multiplied by the weight factor ``alpha``.
         """
-        if out0.ndim != 2 or out0.shape != out1.shape:
-            raise ValueError(
-                "out0 and out1 must both have shape [batch, dim], got "
-                f"{tuple(out0.shape)} and {tuple(out1.shape)}"
-            )
+        check_pair("out0", out0, "out1", out1)
         out0 = F.normalize(out0, dim=1)
         out1 = F.normalize(out1, dim=1)
         _, negatives = super().forward(out1, update=True)

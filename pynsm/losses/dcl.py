@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pynsm import distributed
+from pynsm.losses._numerics import check_pair
 from pynsm.losses.ntx_ent import _log_normaliser, _shifted_logits
 
 WeightFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -83,11 +84,7 @@ def dcl_loss(
         >>> bool(dcl_loss(z, z) < dcl_loss(z, torch.randn(8, 16)))
         True
     """
-    if out0.ndim != 2 or out0.shape != out1.shape:
-        raise ValueError(
-            "out0 and out1 must both have shape [batch, dim], got "
-            f"{tuple(out0.shape)} and {tuple(out1.shape)}"
-        )
+    check_pair("out0", out0, "out1", out1)
     batch_size = out0.shape[0]
     views = F.normalize(torch.cat([out0, out1]), dim=1)
     out0, out1 = views.split(batch_size)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pynsm.losses._numerics import check_pair
+
 
 def alignment_loss(
     x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0
@@ -81,11 +83,7 @@ def hypersphere_loss(
         >>> hypersphere_loss(torch.randn(8, 4), torch.randn(8, 4)).shape
         torch.Size([])
     """
-    if z_a.ndim != 2 or z_a.shape != z_b.shape:
-        raise ValueError(
-            "z_a and z_b must both have shape [batch, dim], got "
-            f"{tuple(z_a.shape)} and {tuple(z_b.shape)}"
-        )
+    check_pair("z_a", z_a, "z_b", z_b)
     if z_a.shape[0] < 2:
         raise ValueError(f"z_a and z_b must have batch size > 1, got {z_a.shape[0]}")
     x, y = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)

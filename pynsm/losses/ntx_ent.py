@@ -9,6 +9,7 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 
 from pynsm import distributed
+from pynsm.losses._numerics import check_pair
 from pynsm.losses.memory_bank import MemoryBankModule
 
 
@@ -87,11 +88,7 @@ def ntxent_loss(
         >>> bool(ntxent_loss(z, z) < ntxent_loss(z, torch.randn(8, 16)))
         True
     """
-    if out0.ndim != 2 or out0.shape != out1.shape:
-        raise ValueError(
-            "out0 and out1 must both have shape [batch, dim], got "
-            f"{tuple(out0.shape)} and {tuple(out1.shape)}"
-        )
+    check_pair("out0", out0, "out1", out1)
     batch_size = out0.shape[0]
     bound = 1 / abs(temperature)  # |cosine| <= 1: every logit lies in [-bound, bound]
     views = F.normalize(torch.cat([out0, out1]), dim=1)
@@ -197,11 +194,7 @@ class NTXentLoss(MemoryBankModule):
         Returns:
             Scalar contrastive cross-entropy.
         """
-        if out0.ndim != 2 or out0.shape != out1.shape:
-            raise ValueError(
-                "out0 and out1 must both have shape [batch, dim], got "
-                f"{tuple(out0.shape)} and {tuple(out1.shape)}"
-            )
+        check_pair("out0", out0, "out1", out1)
         negatives = None
         if self.size > 0:
             # the bank stores normalised keys, so normalise before it sees out1

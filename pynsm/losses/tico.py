@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pynsm import distributed
+from pynsm.losses._numerics import check_pair
 
 
 class TiCoLoss(nn.Module):
@@ -84,11 +85,7 @@ class TiCoLoss(nn.Module):
         Returns:
             Scalar loss.
         """
-        if z_a.ndim != 2 or z_a.shape != z_b.shape:
-            raise ValueError(
-                "z_a and z_b must both have shape [batch, dim], got "
-                f"{tuple(z_a.shape)} and {tuple(z_b.shape)}"
-            )
+        check_pair("z_a", z_a, "z_b", z_b)
         if z_a.shape[0] < 2:
             raise ValueError(
                 f"z_a and z_b must have batch size > 1, got {z_a.shape[0]}"
