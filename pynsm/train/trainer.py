@@ -358,6 +358,9 @@ class Trainer:
             raise CheckpointError(
                 f"{os.fspath(path)!r} lacks training state: {sorted(missing)}"
             )
+        # a checkpoint that fits the model but not the optimizer must not leave
+        # the model half-restored
+        model_before = {k: v.clone() for k, v in self.task.state_dict().items()}
         try:
             self.task.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -366,6 +369,7 @@ class Trainer:
             if self.scaler is not None and state.get("scaler") is not None:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
+            self.task.load_state_dict(model_before)
             first_line = str(exc).strip().splitlines()[0]
             raise CheckpointError(
                 f"{os.fspath(path)!r} does not fit this model/optimizer: {first_line}"

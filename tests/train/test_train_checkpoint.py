@@ -114,3 +114,18 @@ def test_foreign_and_corrupt_checkpoints_are_clear_errors(tmp_path):
     )
     with pytest.raises(CheckpointError, match="does not fit"):
         trainer.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_that_fits_the_model_but_not_the_optimizer_changes_nothing(
+    tmp_path,
+):
+    trainer = _trained(tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    state["model"] = {k: v + 1.0 for k, v in state["model"].items()}  # fits the model
+    state["optimizer"]["param_groups"] = []  # but not the optimizer
+    save_checkpoint(state, tmp_path / "half.pt")
+    before = {k: v.clone() for k, v in trainer.task.state_dict().items()}
+    with pytest.raises(CheckpointError, match="does not fit"):
+        trainer.load_checkpoint(tmp_path / "half.pt")
+    for key, value in trainer.task.state_dict().items():
+        assert torch.equal(value, before[key]), key
