@@ -27,9 +27,8 @@ class SwaVQueue(nn.Module):
     from a network that has already learnt something; before, it returns ``None``.
 
     The banks are :class:`pynsm.losses.MemoryBankModule` instances. Their content
-    is a cache, not part of ``state_dict``: after loading a checkpoint the queues
-    start again from random unit vectors and refill within
-    ``queue_length / batch_size`` steps.
+    and write positions travel in this module's ``state_dict`` (as its extra
+    state), so a checkpointed run with a queue resumes exactly where it stopped.
 
     Args:
         queue_length: Number of features kept per view.
@@ -61,6 +60,29 @@ class SwaVQueue(nn.Module):
         self.banks = nn.ModuleList(
             [_make_memory_bank(queue_length) for _ in range(num_queues)]
         )
+
+    def get_extra_state(self) -> dict[str, list[Tensor]]:
+        # the banks keep their own buffers out of state_dict (a cache, as the
+        # documented MemoryBankModule does); the queue saves them so resuming is exact
+        return {
+            "banks": [bank.bank.detach().clone() for bank in self.banks],
+            "pointers": [bank.bank_ptr.detach().clone() for bank in self.banks],
+        }
+
+    def set_extra_state(self, state: dict[str, list[Tensor]]) -> None:
+        banks, pointers = state["banks"], state["pointers"]
+        if len(banks) != len(self.banks) or len(pointers) != len(self.banks):
+            raise ValueError(
+                f"the saved queue has {len(banks)} banks, this one {len(self.banks)}"
+            )
+        for bank, stored, pointer in zip(self.banks, banks, pointers):
+            if stored.numel() and stored.shape[1] != self.queue_length:
+                raise ValueError(
+                    f"the saved queue holds {stored.shape[1]} features per view, "
+                    f"this one {self.queue_length}"
+                )
+            bank.bank = stored.detach().clone().to(bank.bank_ptr.device)
+            bank.bank_ptr = pointer.detach().clone().to(bank.bank_ptr.device)
 
     def is_active(self, epoch: int) -> bool:
         """Whether the queue is used by the loss at ``epoch``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import os
 import time
@@ -360,7 +361,7 @@ class Trainer:
             )
         # a checkpoint that fits the model but not the optimizer must not leave
         # the model half-restored
-        model_before = {k: v.clone() for k, v in self.task.state_dict().items()}
+        model_before = copy.deepcopy(self.task.state_dict())
         try:
             self.task.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

@@ -46,3 +46,61 @@ def test_queue_bad_arguments():
     queue = SwaVQueue(queue_length=4, num_queues=2)
     with pytest.raises(ValueError, match="one per"):
         queue([torch.randn(2, 3)], epoch=0)
+
+
+def test_queue_contents_travel_in_the_state_dict():
+    torch.manual_seed(0)
+    queue = SwaVQueue(queue_length=6, num_queues=2, start_queue_at_epoch=0)
+    for _ in range(2):  # filled, and the write position is mid-bank
+        queue([torch.randn(4, 5), torch.randn(4, 5)], epoch=0)
+    state = queue.state_dict()
+    restored = SwaVQueue(queue_length=6, num_queues=2, start_queue_at_epoch=0)
+    restored.load_state_dict(state)
+    nxt = [torch.randn(4, 5), torch.randn(4, 5)]
+    for a, b in zip(queue(nxt, epoch=0), restored(nxt, epoch=0)):
+        assert torch.equal(a, b)
+    # and the next push overwrites the same (oldest) entries in both
+    after = [torch.randn(4, 5), torch.randn(4, 5)]
+    for a, b in zip(queue(after, epoch=0), restored(after, epoch=0)):
+        assert torch.equal(a, b)
+    # a fresh (never used) queue round-trips too, and a mismatched one is refused
+    SwaVQueue(6).load_state_dict(SwaVQueue(6).state_dict())
+    with pytest.raises(ValueError, match="features per view"):
+        SwaVQueue(queue_length=3, num_queues=2).load_state_dict(state)
+
+
+def test_swav_with_queue_resumes_bit_identically(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    from pynsm.arch import SwaV
+    from pynsm.train import Trainer
+
+    data = TensorDataset(
+        torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    )
+
+    def run(directory, epochs, resume=False):
+        torch.manual_seed(0)
+        model = SwaV(queue_length=16, start_queue_at_epoch=1)
+        trainer = Trainer(
+            model,
+            epochs=epochs,
+            batch_size=8,
+            lr=1e-3,
+            optimizer=torch.optim.AdamW,
+            checkpoint_path=directory / "last.pt",
+            progress=False,
+        )
+        trainer.fit(data, resume=resume)
+        return model
+
+    straight = run(tmp_path / "a", 3)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 3, resume=True)
+    for (key, a), (_, b) in zip(
+        straight.state_dict().items(), resumed.state_dict().items()
+    ):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), key
+    for a, b in zip(straight.queue.banks, resumed.queue.banks):
+        assert torch.equal(a.bank, b.bank)
