@@ -70,19 +70,19 @@ def _sm(channels: int, side: int, classes: int) -> nn.Module:
 
 
 def _msn(channels: int, side: int, classes: int) -> nn.Module:
-    from pynsm.arch.msn import MSN
+    from pynsm.ssl.msn import MSN
 
     return MSN(in_channels=channels, image_size=side)
 
 
 def _pmsn(channels: int, side: int, classes: int) -> nn.Module:
-    from pynsm.arch.msn import PMSN
+    from pynsm.ssl.msn import PMSN
 
     return PMSN(in_channels=channels, image_size=side)
 
 
 def _swav(channels: int, side: int, classes: int) -> nn.Module:
-    from pynsm.arch.swav import SwaV
+    from pynsm.ssl.swav import SwaV
 
     return SwaV(in_channels=channels, image_size=side, queue_length=0)
 

@@ -50,7 +50,7 @@ def to_lightning(
 
     Args:
         task: A task (``nn.Module`` with ``training_loss``), e.g. a
-            :class:`~pynsm.train.CircuitTask` or :class:`pynsm.arch.swav.SwaV`.
+            :class:`~pynsm.train.CircuitTask` or :class:`pynsm.ssl.swav.SwaV`.
         optimizer: Optimizer class or callable ``params -> optimizer``.
         lr: Learning rate given to an optimizer class.
         scheduler: Callable ``optimizer -> scheduler`` (stepped every epoch).

@@ -160,7 +160,7 @@ def _swav_criterion():
 
 
 def test_ssl_model_reports_random_init_accuracy(tmp_path, small_npz, monkeypatch):
-    from pynsm.arch.swav import SwaV
+    from pynsm.ssl.swav import SwaV
 
     spec = cli.MODELS["swav"]
 

@@ -6,8 +6,8 @@ from dist_utils import run_distributed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pynsm.arch.msn import MSN
-from pynsm.arch.swav import SwaV
+from pynsm.ssl.msn import MSN
+from pynsm.ssl.swav import SwaV
 
 
 class _LossForward(nn.Module):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from pynsm.arch.heads import (
+from pynsm.ssl.heads import (
     MSNProjectionHead,
     MSNPrototypes,
     ProjectionHead,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pynsm.arch.masking import num_kept_tokens, random_token_mask
+from pynsm.ssl.masking import num_kept_tokens, random_token_mask
 
 
 @pytest.mark.parametrize(

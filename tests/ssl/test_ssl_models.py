@@ -3,9 +3,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from pynsm.arch.momentum import cosine_schedule
-from pynsm.arch.msn import MSN, PMSN
-from pynsm.arch.swav import SwaV
+from pynsm.ssl.momentum import cosine_schedule
+from pynsm.ssl.msn import MSN, PMSN
+from pynsm.ssl.swav import SwaV
 from pynsm.losses.msn import MSNLoss
 from pynsm.losses.swav import SwaVLoss
 
@@ -214,7 +214,7 @@ def test_models_on_other_image_sizes(size, channels):
 
 
 def test_default_patch_size():
-    from pynsm.arch.msn import default_patch_size
+    from pynsm.ssl.msn import default_patch_size
 
     assert [default_patch_size(s) for s in (8, 16, 28, 32, 7, 6)] == [2, 4, 7, 8, 1, 2]
 

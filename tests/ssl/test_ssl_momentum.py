@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pynsm.arch.momentum import (
+from pynsm.ssl.momentum import (
     activate_requires_grad,
     cosine_schedule,
     deactivate_requires_grad,

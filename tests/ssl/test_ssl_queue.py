@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pynsm.arch.swav_queue import SwaVQueue
+from pynsm.ssl.swav_queue import SwaVQueue
 
 
 def test_queue_starts_at_the_given_epoch():
@@ -72,7 +72,7 @@ def test_queue_contents_travel_in_the_state_dict():
 def test_swav_with_queue_resumes_bit_identically(tmp_path):
     from torch.utils.data import TensorDataset
 
-    from pynsm.arch import SwaV
+    from pynsm.ssl import SwaV
     from pynsm.train import Trainer
 
     data = TensorDataset(

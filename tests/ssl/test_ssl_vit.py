@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pynsm.arch.masking import random_token_mask
-from pynsm.arch.vit import MaskedVisionTransformer, gather_tokens
+from pynsm.ssl.masking import random_token_mask
+from pynsm.ssl.vit import MaskedVisionTransformer, gather_tokens
 
 
 def _vit(**kwargs):

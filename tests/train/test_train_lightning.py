@@ -70,7 +70,7 @@ def _swav_criterion():
 
 
 def test_swav_through_lightning_calls_the_hooks():
-    swav_module = pytest.importorskip("pynsm.arch.swav")
+    swav_module = pytest.importorskip("pynsm.ssl.swav")
     torch.manual_seed(0)
     model = swav_module.SwaV(
         in_channels=1,

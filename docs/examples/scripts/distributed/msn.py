@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from pynsm.arch.msn import MSN
+from pynsm.ssl.msn import MSN
 from pynsm.data import load_digits
 from pynsm.eval import extract_embeddings, knn_accuracy
 from pynsm.train import Trainer

@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from pynsm.arch.msn import MSN
+from pynsm.ssl.msn import MSN
 from pynsm.data import load_digits
 from pynsm.eval import extract_embeddings, knn_accuracy
 

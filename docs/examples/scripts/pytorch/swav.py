@@ -13,7 +13,7 @@ import argparse
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from pynsm.arch.swav import SwaV
+from pynsm.ssl.swav import SwaV
 from pynsm.data import load_digits
 from pynsm.eval import extract_embeddings, knn_accuracy
 

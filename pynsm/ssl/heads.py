@@ -154,7 +154,7 @@ class SwaVPrototypes(nn.Module):
     Two ways to freeze are offered:
 
     * seed style: ``forward(x, step)`` switches ``requires_grad`` of the prototypes;
-    * :meth:`drop_grad_if_frozen` (used by :class:`~pynsm.arch.swav.SwaV` after
+    * :meth:`drop_grad_if_frozen` (used by :class:`~pynsm.ssl.swav.SwaV` after
       backward) sets the gradients to ``None`` so that optimizers skip the prototypes.
       It never changes ``requires_grad``, which keeps ``DistributedDataParallel``
       happy.

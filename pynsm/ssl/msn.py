@@ -9,16 +9,16 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from pynsm.arch._ssl_batch import images_from_batch
-from pynsm.arch.heads import MSNProjectionHead, MSNPrototypes
-from pynsm.arch.masking import random_token_mask
-from pynsm.arch.momentum import (
+from pynsm.data.multicrop import MultiCrop
+from pynsm.ssl._ssl_batch import images_from_batch
+from pynsm.ssl.heads import MSNProjectionHead, MSNPrototypes
+from pynsm.ssl.masking import random_token_mask
+from pynsm.ssl.momentum import (
     cosine_schedule,
     deactivate_requires_grad,
     update_momentum,
 )
-from pynsm.arch.vit import MaskedVisionTransformer
-from pynsm.data.multicrop import MultiCrop
+from pynsm.ssl.vit import MaskedVisionTransformer
 
 TargetDistribution = Union[str, Callable[[Tensor], Tensor]]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pynsm.arch._ssl_batch import images_from_batch
-from pynsm.arch.convnet import SmallConvNet, infer_feature_dim
-from pynsm.arch.heads import SwaVProjectionHead, SwaVPrototypes
-from pynsm.arch.swav_queue import SwaVQueue
 from pynsm.data.multicrop import MultiCrop
+from pynsm.ssl._ssl_batch import images_from_batch
+from pynsm.ssl.convnet import SmallConvNet, infer_feature_dim
+from pynsm.ssl.heads import SwaVProjectionHead, SwaVPrototypes
+from pynsm.ssl.swav_queue import SwaVQueue
 
 
 class SwaV(nn.Module):
@@ -22,7 +22,7 @@ class SwaV(nn.Module):
     to predict them. Crops of the same size share one backbone pass.
 
     With ``queue_length > 0`` (advised for batches under 256), the features of the
-    global crops are queued (:class:`~pynsm.arch.swav_queue.SwaVQueue`) and, from
+    global crops are queued (:class:`~pynsm.ssl.swav_queue.SwaVQueue`) and, from
     epoch ``start_queue_at_epoch`` on, their scores join the Sinkhorn step.
 
     The prototypes are kept on the unit sphere (normalised after every optimizer
@@ -39,7 +39,7 @@ class SwaV(nn.Module):
         queue_length: Length of the feature queue per global view (``0``: no queue).
         start_queue_at_epoch: First epoch at which queued features are used.
         backbone: Feature extractor ``[B, C, H, W] → [B, F]`` (any module; defaults to
-            :class:`~pynsm.arch.convnet.SmallConvNet`). It must accept the local crop
+            :class:`~pynsm.ssl.convnet.SmallConvNet`). It must accept the local crop
             size too.
         projection_hidden_dim: Hidden width of the projection head.
         projection_dim: Dimension of the projections and prototypes.

@@ -134,7 +134,7 @@ class MaskedVisionTransformer(nn.Module):
         Args:
             images: ``[B, in_channels, H, W]``.
             idx_keep: Optional ``[B, K]`` indices of the patch tokens to keep (see
-                :func:`pynsm.arch.masking.random_token_mask`); all tokens when None.
+                :func:`pynsm.ssl.masking.random_token_mask`); all tokens when None.
 
         Returns:
             Features ``[B, embed_dim]``.
