@@ -1,19 +1,22 @@
 """Generate the API reference: one page per public module of ``pynsm``.
 
 Run by mkdocs-gen-files at build time, so a new module or a new name in ``__all__``
-appears in the reference without anyone editing a list. A package that defines
-``__all__`` gets a summary table and one entry per exported name; any other module is
-rendered whole by mkdocstrings (its public, documented members). If
+appears in the reference without anyone editing a list. A module or package that
+defines ``__all__`` gets a summary table and one entry per exported name, constants
+included (described by their ``#:`` comment); any other module is rendered whole by
+mkdocstrings (its public, documented members). If
 ``docs/reference_notes/<dotted.module.name>.md`` exists, its text (the formulas behind
 the module, say) is placed above the generated reference of that module.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import mkdocs_gen_files
@@ -23,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTES = Path(__file__).resolve().parent / "reference_notes"
 # The checkout first, so the reference documents this source tree even uninstalled.
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from griffe_roles import roles_to_markdown  # noqa: E402  (needs the path above)
 
 
 def public_modules() -> list[tuple[str, ...]]:
@@ -42,11 +47,78 @@ def public_modules() -> list[tuple[str, ...]]:
 def first_line(obj: object) -> str:
     doc = inspect.getdoc(obj) or ""
     line = doc.strip().split("\n\n")[0].replace("\n", " ")
-    return line.replace("|", "\\|")
+    return roles_to_markdown(line).replace("|", "\\|")
 
 
-def package_page(name: str, module: object, exported: list[str]) -> str:
-    """Summary table, then one mkdocstrings entry per documented export."""
+def source_file(name: str) -> Path | None:
+    """The ``.py`` file of the module ``name`` in this checkout, if it has one."""
+    base = ROOT.joinpath(*name.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.exists():
+            return path
+    return None
+
+
+def constant_doc(name: str, export: str, depth: int = 0) -> str:
+    """The ``#:`` comment (or string literal) documenting ``name.export``.
+
+    Follows ``from x import export`` to the module that assigns the value, since a
+    plain value (a dict, a tuple) does not know where it was defined.
+    """
+    path = source_file(name)
+    if path is None or depth > 5:
+        return ""
+    text = path.read_text(encoding="utf-8")
+    lines, tree = text.splitlines(), ast.parse(text)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for index, node in enumerate(tree.body):
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
+        if any(isinstance(t, ast.Name) and t.id == export for t in targets):
+            comment = []
+            for line in reversed(lines[: node.lineno - 1]):
+                if not line.startswith("#:"):
+                    break
+                comment.insert(0, line[2:].strip())
+            if comment:
+                return " ".join(comment)
+            after = tree.body[index + 1] if index + 1 < len(tree.body) else None
+            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                return inspect.cleandoc(str(after.value.value))
+            return ""
+        if isinstance(node, ast.ImportFrom) and any(
+            (alias.asname or alias.name) == export for alias in node.names
+        ):
+            original = next(
+                alias.name
+                for alias in node.names
+                if (alias.asname or alias.name) == export
+            )
+            if node.level:
+                parts = package.split(".")
+                base = parts[: len(parts) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            return constant_doc(source, original, depth + 1)
+    return ""
+
+
+def short_repr(value: object, limit: int = 100) -> str:
+    """``repr(value)``, cut to ``limit`` characters; a long dict shows its keys."""
+    text = repr(value)
+    if len(text) > limit and isinstance(value, Mapping):
+        text = "{" + ", ".join(f"{key!r}: …" for key in value) + "}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def api_page(name: str, module: object, exported: list[str], is_package: bool) -> str:
+    """Summary table, then one entry per export (mkdocstrings or a constant's value)."""
     documented = [
         export
         for export in exported
@@ -59,7 +131,7 @@ def package_page(name: str, module: object, exported: list[str]) -> str:
     shadowed = [
         export
         for export in documented
-        if importlib.util.find_spec(f"{name}.{export}") is not None
+        if is_package and importlib.util.find_spec(f"{name}.{export}") is not None
     ]
     rendered = [export for export in documented if export not in shadowed]
     lines = [
@@ -75,22 +147,25 @@ def package_page(name: str, module: object, exported: list[str]) -> str:
             link = f"[`{export}`](#{name}.{export})"
             lines.append(f"| {link} | {first_line(value)} |")
         else:
-            lines.append(f"| [`{export}`](#{name}.{export}) | `{value!r}` |")
+            summary = roles_to_markdown(constant_doc(name, export))
+            summary = summary or f"`{short_repr(value, 60)}`"
+            summary = summary.replace("|", "\\|")
+            lines.append(f"| [`{export}`](#{name}.{export}) | {summary} |")
     lines.append("")
-    members = "\n".join(f"        - {export}" for export in rendered)
+    # the module's docstring, then its classes and functions, in ``__all__`` order
+    members = "".join(f"\n        - {export}" for export in rendered) or " false"
     lines += [
         f"::: {name}",
         "    options:",
         "      show_root_heading: false",
         "      show_root_toc_entry: false",
-        "      members:",
-        members,
+        f"      members:{members}",
         "",
     ]
     for export in shadowed:
         value = getattr(module, export)
         lines += [
-            f'<h2 id="{name}.{export}"><code>{export}</code></h2>',
+            f'<h2 id="{name}.{export}" markdown>`{export}`</h2>',
             "",
             f"::: {value.__module__}.{value.__qualname__}",
             "    options:",
@@ -98,16 +173,17 @@ def package_page(name: str, module: object, exported: list[str]) -> str:
             "      show_root_toc_entry: false",
             "",
         ]
-    # Plain values (``__version__``) have no docstring to render: list them here.
+    # Constants (``__version__``, ``MODELS``) have no docstring for mkdocstrings to
+    # render: their ``#:`` comment and value go here. (Headings in HTML with
+    # ``markdown``, so that they reach the table of contents and ``__x__`` stays code.)
     for export in exported:
         if export not in documented:
             value = getattr(module, export)
-            lines += [
-                f'<h2 id="{name}.{export}"><code>{export}</code></h2>',
-                "",
-                f"`{name}.{export} = {value!r}`",
-                "",
-            ]
+            lines += [f'<h2 id="{name}.{export}" markdown>`{export}`</h2>', ""]
+            doc = roles_to_markdown(constant_doc(name, export))
+            if doc:
+                lines += [doc, ""]
+            lines += [f"`{name}.{export} = {short_repr(value)}`", ""]
     return "\n".join(lines)
 
 
@@ -130,8 +206,8 @@ def main() -> None:
         if note.exists():
             text += [note.read_text(encoding="utf-8"), ""]
         exported = getattr(module, "__all__", None)
-        if is_package and exported:
-            text.append(package_page(name, module, list(exported)))
+        if exported:
+            text.append(api_page(name, module, list(exported), is_package))
         else:
             text.append(module_page(name))
 

@@ -1,4 +1,4 @@
-"""``python -m pynsm``: the ``pynsm`` command."""
+"""``python -m pynsm``: the ``pynsm`` command (:func:`pynsm.cli.main`)."""
 
 from pynsm.cli import main
 

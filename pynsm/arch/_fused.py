@@ -17,6 +17,9 @@ allocation. Two layouts are used:
 * spatial outputs `[B, C, S]` (`S` positions) stay channels-first, and every sample
   is a `[C, C] x [C, S]` product (`baddbmm` with `A` broadcast over the batch), so
   that neither `b` nor `y` needs a transposed copy.
+
+There is one loop, `_iterate`; the convergence test (`_Convergence`), the per-iteration
+callback and the cache blocking (`_run_in_blocks`) are options around it.
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ def run_fused_iteration(
         max_iterations: maximum number of iterations.
         project_: applies the projection in place to a buffer shaped like `drive`.
         tol: stop after the first iteration `i >= 1` whose update changed every
-            element by less than `tol` (disabled when `tol <= 0`).
+            element by less than `tol` (disabled when `tol <= 0`; an empty `y`
+            has converged at `i = 1`).
         check_every: look at the convergence flag only every this many iterations.
             The flag itself is updated every iteration on the device, `y` is frozen
             once it is set and the iteration index at which it was set is recorded,
@@ -97,63 +101,98 @@ def run_fused_iteration(
     if on_iteration is not None and check_every != 1:
         raise ValueError("check_every must be 1 when an iteration callback is used")
 
-    rows = drive.shape[0]
     if (
         chunk_rows is not None
-        and chunk_rows < rows
+        and chunk_rows < drive.shape[0]
         and tol <= 0
         and on_iteration is None
     ):
         return _run_in_blocks(drive, update, max_iterations, project_, chunk_rows)
 
+    convergence = _Convergence(tol, check_every, drive) if tol > 0 else None
+    return _iterate(
+        drive,
+        update,
+        max_iterations,
+        project_,
+        y=torch.empty_like(drive),
+        spare=torch.empty_like(drive),
+        convergence=convergence,
+        on_iteration=on_iteration,
+    )
+
+
+def _iterate(
+    drive: torch.Tensor,
+    update: Update,
+    max_iterations: int,
+    project_: Callable[[torch.Tensor], None],
+    y: torch.Tensor,
+    spare: torch.Tensor,
+    convergence: _Convergence | None = None,
+    on_iteration: IterationCallback | None = None,
+) -> tuple[torch.Tensor, int]:
+    """The loop: `y <- P(drive + A y)` in the buffers `y` and `spare`, in turn.
+
+    Returns the buffer holding the final `y` (`y` or `spare`) and the index of the
+    last iteration that counted.
+    """
     # iteration 0 starts from y = 0, so it needs no product
-    y = drive.clone()
+    y.copy_(drive)
     project_(y)
     if on_iteration is not None and on_iteration(0, y):
         return y, 0
-    if max_iterations == 1:
-        return y, 0
-
-    y_next = torch.empty_like(y)
-    check = tol > 0
-    if not check:
-        for i in range(1, max_iterations):
-            update(drive, y, y_next)
-            project_(y_next)
-            y, y_next = y_next, y
-            if on_iteration is not None and on_iteration(i, y):
-                return y, i
-        return y, max_iterations - 1
-
-    diff = torch.empty_like(y)
-    if check_every == 1:
-        for i in range(1, max_iterations):
-            update(drive, y, y_next)
-            project_(y_next)
-            y, y_next = y_next, y
-            if on_iteration is not None and on_iteration(i, y):
-                return y, i
-            # y_next now holds the previous iterate
-            if torch.sub(y, y_next, out=diff).abs_().amax() < tol:
-                return y, i
-        return y, max_iterations - 1
-
-    # deferred check: the converged flag and the stopping index live on the device
-    done = torch.zeros((), dtype=torch.bool, device=y.device)
-    stop_idx = torch.full((), max_iterations - 1, dtype=torch.long, device=y.device)
+    y_next = spare
     for i in range(1, max_iterations):
         update(drive, y, y_next)
         project_(y_next)
-        # once converged, y stays frozen: y_next <- y where done
-        y_next.copy_(torch.where(done, y, y_next))
-        newly_done = torch.sub(y_next, y, out=diff).abs_().amax() < tol
-        newly_done &= ~done
-        stop_idx.masked_fill_(newly_done, i)
-        done |= newly_done
-        y, y_next = y_next, y
-        if i % check_every == 0 and bool(done):
-            break
-    return y, int(stop_idx)
+        y, y_next = y_next, y  # y_next now holds the previous iterate
+        if on_iteration is not None and on_iteration(i, y):
+            return y, i
+        if convergence is not None and convergence.stop(i, y, y_next):
+            return y, convergence.last_idx(i)
+    if convergence is not None:
+        return y, convergence.last_idx(max_iterations - 1)
+    return y, max_iterations - 1
+
+
+class _Convergence:
+    """The optional test of `_iterate`: every element moved by less than `tol`.
+
+    With `check_every == 1` the host looks at the answer after every iteration and
+    the loop stops at once. Otherwise the flag and the stopping index stay on the
+    device, `y` is frozen once the flag is set (so further iterations change
+    nothing), and the host looks only every `check_every` iterations.
+    """
+
+    def __init__(self, tol: float, check_every: int, like: torch.Tensor) -> None:
+        self.tol = tol
+        self.check_every = check_every
+        self.diff = torch.empty_like(like)
+        self.done = torch.zeros((), dtype=torch.bool, device=like.device)
+        self.stop_idx = torch.full((), -1, dtype=torch.long, device=like.device)
+
+    def stop(self, i: int, y: torch.Tensor, y_prev: torch.Tensor) -> bool:
+        """Update the test with iteration `i` (`y`, from `y_prev`); true: stop now."""
+        if self.check_every == 1:
+            return bool(self._moved_less(y, y_prev))
+        # once converged, y stays frozen: y <- y_prev where done
+        y.copy_(torch.where(self.done, y_prev, y))
+        newly_done = self._moved_less(y, y_prev) & ~self.done
+        self.stop_idx.masked_fill_(newly_done, i)
+        self.done |= newly_done
+        return i % self.check_every == 0 and bool(self.done)
+
+    def last_idx(self, i: int) -> int:
+        """The index of the last iteration that counted, the loop having run to `i`."""
+        if self.check_every == 1:
+            return i
+        return int(torch.where(self.done, self.stop_idx, i))
+
+    def _moved_less(self, y: torch.Tensor, y_prev: torch.Tensor) -> torch.Tensor:
+        if y.numel() == 0:  # nothing moved: converged (amax of nothing is an error)
+            return torch.ones((), dtype=torch.bool, device=y.device)
+        return torch.sub(y, y_prev, out=self.diff).abs_().amax() < self.tol
 
 
 def _run_in_blocks(
@@ -171,13 +210,14 @@ def _run_in_blocks(
     for start in range(0, drive.shape[0], chunk_rows):
         block_drive = drive[start : start + chunk_rows]
         target = result[start : start + chunk_rows]
-        y, y_next = target, spare[: block_drive.shape[0]]
-        y.copy_(block_drive)
-        project_(y)
-        for _ in range(1, max_iterations):
-            update(block_drive, y, y_next)
-            project_(y_next)
-            y, y_next = y_next, y
+        y, _ = _iterate(
+            block_drive,
+            update,
+            max_iterations,
+            project_,
+            y=target,
+            spare=spare[: block_drive.shape[0]],
+        )
         if y is not target:
             target.copy_(y)
     return result, max_iterations - 1

@@ -1,9 +1,12 @@
 """Modules whose forward pass is an inner iteration.
 
-`IterationModule` runs a short lifecycle -- `pre_iteration`, then `iteration` until
-`converged` or `max_iterations`, then `post_iteration` -- with user hooks around it.
-`IterationLossModule` derives each iteration from a loss: an optimizer over
-`iteration_parameters()` steps on the gradients of `iteration_loss()`.
+`IterationModule.forward` is the one place where the lifecycle runs -- `"pre"` hooks,
+`pre_iteration`, then `iteration` until `converged` or `max_iterations`, then
+`post_iteration` and the `"post"` hooks. A subclass may also supply a *fused
+iteration* (the whole loop in one call, for speed); `forward` then decides per call,
+by the rule in its docstring, which of the two strategies runs, and calls the hooks
+the same way for both. `IterationLossModule` derives each iteration from a loss: an
+optimizer over `iteration_parameters()` steps on the gradients of `iteration_loss()`.
 
 Both keep the behaviour of pynsm 1.0.1 so that circuits written for it keep working,
 but they are exception safe: whatever happens inside `forward`, parameters get back
@@ -13,13 +16,18 @@ their `requires_grad` flags and per-batch state is released when `forward` ends.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ..validation import check_float, check_int
+
 _HOOK_KINDS = ("pre", "iteration", "post")
+
+# what a fused iteration calls after its iteration `idx`; true means "stop here"
+FusedIterationCallback = Callable[[int], bool]
 
 
 class IterationModule(nn.Module):
@@ -27,18 +35,48 @@ class IterationModule(nn.Module):
 
     `forward(*args, **kwargs)` runs
 
-    1. the `"pre"` hooks, then `pre_iteration(*args, **kwargs)`;
-    2. for `iteration_idx` in `0 .. max_iterations - 1`: `iteration(*args, **kwargs)`,
-       then the `"iteration"` hooks (a truthy return value stops the loop), then
-       `converged(*args, **kwargs)` (true stops the loop);
-    3. `post_iteration(*args, **kwargs)`, whose return value `forward` returns, then the
-       `"post"` hooks;
+    1. the `"pre"` hooks;
+    2. then either the *general* strategy:
+
+       a. `pre_iteration(*args, **kwargs)`;
+       b. for `iteration_idx` in `0 .. max_iterations - 1`: `iteration(*args,
+          **kwargs)`, then the `"iteration"` hooks (one that asks to stop ends the
+          loop), then `converged(*args, **kwargs)` (true ends the loop);
+       c. `post_iteration(*args, **kwargs)`, whose return value `forward` returns;
+
+       or the *fused* strategy, `fused_iteration(on_iteration, *args, **kwargs)`,
+       which does a.--c. in one call and calls `on_iteration(idx)` -- the
+       `"iteration"` hooks -- after every iteration `idx`;
+    3. the `"post"` hooks;
     4. finally, whether or not an exception escaped, `release_iteration_state()`.
+
+    **Which strategy runs.** The fused one is taken on a call when, after the
+    `"pre"` hooks, `uses_fused_iteration()` is true, that is when
+
+    * the class provides `fused_iteration` (this base class does not);
+    * `fused_iteration_supported()` is true (the settings it needs, e.g. plain SGD
+      for `IterationLossModule` circuits);
+    * each method named in `fused_replaces` -- the methods the fused iteration
+      stands in for -- is, looked up on this very module, the one of the class
+      that provides `fused_iteration`. A method replaced in a subclass *or on the
+      instance* (`module.converged = my_test`) is never skipped: that call takes
+      the general strategy, so the replacement runs.
+
+    **Hooks** receive the module. What they see is the same for both strategies:
+    `iteration_idx` is -1 in `"pre"` hooks, the index of the current iteration in
+    `"iteration"` hooks and that of the last iteration run in `"post"` hooks;
+    subclasses document their own state (e.g. the current iterate). The return
+    value of `"pre"` and `"post"` hooks is ignored, whatever it is. An
+    `"iteration"` hook stops the loop by returning a true value (`True`, a
+    non-zero number, a one-element tensor that is non-zero); `None` and false
+    values let it go on; a value without a single truth value (e.g. a tensor of
+    several elements) is a `TypeError`. Hooks run in the caller's grad mode.
 
     Subclasses implement `iteration()` and optionally the other steps.
 
     Args:
-        max_iterations: maximum number of `iteration()` calls in one forward pass.
+        max_iterations: maximum number of `iteration()` calls in one forward pass
+            (an integer >= 0, NumPy integers included).
         **kwargs: passed on to `nn.Module`.
 
     Example:
@@ -52,19 +90,19 @@ class IterationModule(nn.Module):
         ...         return bool(self.value.abs().max() < 1)
         ...     def post_iteration(self, x):
         ...         return self.value
-        >>> Halve(max_iterations=10)(torch.tensor([8.0]))
+        >>> halve = Halve(max_iterations=10)
+        >>> halve(torch.tensor([8.0]))
         tensor([0.5000])
+        >>> halve.iteration_idx  # 8 -> 4 -> 2 -> 1 -> 0.5: four iterations
+        3
     """
+
+    #: Names of the lifecycle methods that `fused_iteration` stands in for.
+    fused_replaces: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, max_iterations: int = 1000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(max_iterations, bool) or not isinstance(max_iterations, int):
-            raise TypeError(
-                f"max_iterations must be an int, got {type(max_iterations).__name__}"
-            )
-        if max_iterations < 0:
-            raise ValueError(f"max_iterations must be >= 0, got {max_iterations}")
-        self.max_iterations = max_iterations
+        self.max_iterations = check_int("max_iterations", max_iterations, minimum=0)
         self.hooks: dict[str, list[Callable]] = defaultdict(list)
         self.iteration_idx = -1
 
@@ -74,12 +112,14 @@ class IterationModule(nn.Module):
         Kinds:
 
         * `"pre"`: `hook(module)`, called before `pre_iteration()`;
-        * `"iteration"`: `hook(module) -> bool`, called after every `iteration()` and
-          before `converged()`; a truthy return value ends the iteration. The index of
-          the current iteration is `module.iteration_idx`;
+        * `"iteration"`: `hook(module)`, called after every `iteration()` and before
+          `converged()`; a true return value ends the iteration. The index of the
+          current iteration is `module.iteration_idx`;
         * `"post"`: `hook(module)`, called after `post_iteration()`.
 
-        Several hooks may be attached to the same event; they run in order.
+        Several hooks may be attached to the same event; they run in order (an
+        `"iteration"` hook that stops the loop skips the ones after it). See the
+        class docstring for what hooks see and what their return value means.
 
         Args:
             kind: `"pre"`, `"iteration"` or `"post"`.
@@ -97,22 +137,100 @@ class IterationModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the iteration lifecycle; see the class docstring."""
         self.iteration_idx = -1
+        grad_enabled = torch.is_grad_enabled()
         try:
-            self._call_hooks(self.hooks["pre"])
-            self.pre_iteration(*args, **kwargs)
-            for i in range(self.max_iterations):
-                self.iteration_idx = i
-                self.iteration(*args, **kwargs)
-                if self._call_hooks(self.hooks["iteration"], check_output=True):
-                    break
-                if self.converged(*args, **kwargs):
-                    break
-            result = self.post_iteration(*args, **kwargs)
-            self._call_hooks(self.hooks["post"])
+            for hook in self.hooks["pre"]:
+                hook(self)
+            if self.uses_fused_iteration():
+                result, last_idx = self.fused_iteration(
+                    self._fused_callback(grad_enabled), *args, **kwargs
+                )
+                self.iteration_idx = last_idx
+            else:
+                result = self._iterate(*args, **kwargs)
+            for hook in self.hooks["post"]:
+                hook(self)
             return result
         finally:
             self.release_iteration_state()
 
+    def _iterate(self, *args: Any, **kwargs: Any) -> Any:
+        """The general strategy: steps a.--c. of the class docstring."""
+        self.pre_iteration(*args, **kwargs)
+        for i in range(self.max_iterations):
+            self.iteration_idx = i
+            self.iteration(*args, **kwargs)
+            if self._run_iteration_hooks():
+                break
+            if self.converged(*args, **kwargs):
+                break
+        return self.post_iteration(*args, **kwargs)
+
+    def _fused_callback(self, grad_enabled: bool) -> FusedIterationCallback | None:
+        """What the fused iteration calls after each iteration; `None` without
+        `"iteration"` hooks, so that it may skip per-iteration work entirely."""
+        if not self.hooks["iteration"]:
+            return None
+
+        def on_iteration(idx: int) -> bool:
+            self.iteration_idx = idx
+            # the fused loop runs without autograd; hooks get the caller's mode
+            with torch.set_grad_enabled(grad_enabled):
+                return self._run_iteration_hooks()
+
+        return on_iteration
+
+    def _run_iteration_hooks(self) -> bool:
+        """Call the `"iteration"` hooks in order; true once one asks to stop."""
+        for hook in self.hooks["iteration"]:
+            if _asks_to_stop(hook(self)):
+                return True
+        return False
+
+    # ------------------------------------------------------- the fused strategy
+    def uses_fused_iteration(self) -> bool:
+        """Whether `forward` would take the fused strategy now (see the class
+        docstring for the rule)."""
+        provider = _class_defining(type(self), "fused_iteration")
+        if provider is IterationModule or not self.fused_iteration_supported():
+            return False
+        for name in provider.fused_replaces:
+            bound = getattr(self, name)
+            if getattr(bound, "__func__", None) is not getattr(provider, name):
+                return False
+        return True
+
+    def fused_iteration_supported(self) -> bool:
+        """Whether the module's settings allow its fused iteration (default: no)."""
+        return False
+
+    def fused_iteration(
+        self,
+        on_iteration: FusedIterationCallback | None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Any, int]:
+        """Run `pre_iteration`, the iterations and `post_iteration` in one call.
+
+        Subclasses that provide it must give the same result as the general
+        strategy, and list in `fused_replaces` the methods it stands in for.
+
+        Args:
+            on_iteration: `None`, or a function to call with the index of every
+                iteration once the module's documented state shows that
+                iteration; a true return value ends the iteration there.
+            *args: the arguments of `forward`.
+            **kwargs: the keyword arguments of `forward`.
+
+        Returns:
+            `(result, last_idx)`: what `forward` returns, and the index of the
+            last iteration run (-1 for none).
+        """
+        raise NotImplementedError(
+            f"Module [{type(self).__name__}] has no fused iteration"
+        )
+
+    # ------------------------------------------------------- lifecycle methods
     def iteration(self, *args: Any, **kwargs: Any) -> None:
         """Run one iteration. Must be implemented by subclasses."""
         raise NotImplementedError(
@@ -138,12 +256,6 @@ class IterationModule(nn.Module):
         module does not keep the last batch alive.
         """
 
-    def _call_hooks(self, hooks: list[Callable], check_output: bool = False) -> bool:
-        for hook in hooks:
-            if hook(self) and check_output:
-                return True
-        return False
-
 
 class IterationLossModule(IterationModule):
     """An `IterationModule` whose iteration descends a loss with an optimizer.
@@ -165,8 +277,8 @@ class IterationLossModule(IterationModule):
         iteration_optimizer: optimizer class for the iteration, e.g. `torch.optim.SGD`.
         iteration_scheduler: optional scheduler class, e.g.
             `torch.optim.lr_scheduler.StepLR`.
-        iteration_lr: learning rate of the iteration; used unless `it_optim_kwargs`
-            has an `"lr"` entry.
+        iteration_lr: learning rate of the iteration (finite, > 0); used unless
+            `it_optim_kwargs` has an `"lr"` entry.
         it_optim_kwargs: keyword arguments for the optimizer.
         it_sched_kwargs: keyword arguments for the scheduler.
         iteration_projection: optional callable applied to each iteration parameter
@@ -196,8 +308,8 @@ class IterationLossModule(IterationModule):
         iteration_optimizer: Callable = torch.optim.SGD,
         iteration_scheduler: Callable | None = None,
         iteration_lr: float = 1.0,
-        it_optim_kwargs: dict[str, Any] | None = None,
-        it_sched_kwargs: dict[str, Any] | None = None,
+        it_optim_kwargs: Mapping[str, Any] | None = None,
+        it_sched_kwargs: Mapping[str, Any] | None = None,
         iteration_projection: Callable | None = None,
         **kwargs: Any,
     ) -> None:
@@ -208,6 +320,15 @@ class IterationLossModule(IterationModule):
             raise TypeError("iteration_scheduler must be a scheduler class or None")
         if iteration_projection is not None and not callable(iteration_projection):
             raise TypeError("iteration_projection must be callable or None")
+        iteration_lr = check_float("iteration_lr", iteration_lr, minimum=0, strict=True)
+        for name, value in (
+            ("it_optim_kwargs", it_optim_kwargs),
+            ("it_sched_kwargs", it_sched_kwargs),
+        ):
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(
+                    f"{name} must be a mapping or None, got {type(value).__name__}"
+                )
 
         self.it_construct_optim = iteration_optimizer
         self.it_construct_sched = iteration_scheduler
@@ -305,3 +426,23 @@ class IterationLossModule(IterationModule):
                 param.requires_grad_(False)
         for param, flag in flags:
             param.requires_grad_(flag)
+
+
+def _class_defining(cls: type, name: str) -> type:
+    """The first class in `cls`'s method resolution order that defines `name`."""
+    return next(klass for klass in cls.__mro__ if name in vars(klass))
+
+
+def _asks_to_stop(value: Any) -> bool:
+    """Whether an `"iteration"` hook's return value asks the loop to stop."""
+    if value is None:
+        return False
+    try:
+        return bool(value)
+    except (RuntimeError, ValueError):  # torch and NumPy: ambiguous truth value
+        shape = tuple(getattr(value, "shape", ()))
+        raise TypeError(
+            f"an 'iteration' hook returned a {type(value).__name__} of shape "
+            f"{shape}, which has no single truth value; return True to stop the "
+            "iteration, or None/False to go on"
+        ) from None

@@ -19,6 +19,7 @@ parameter, `"whiten"` adds `2 mean((W_k x_k)^2)`, `"none"` nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
@@ -27,13 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..validation import check_bool, check_choice, check_float, check_int
 from ._fused import make_update, run_fused_iteration
 from .base import IterationLossModule
 
 _REGULARIZATIONS = ("weight", "whiten", "none")
-# projections that act element-wise and equal ReLU: applied in place on the fast path
+# projections that act element-wise and equal ReLU: the fused iteration applies them
+# in place
 _RELU_PROJECTIONS = (torch.relu, torch.relu_, F.relu, F.relu_)
-# plain SGD settings under which the fused path equals `torch.optim.SGD`
+# plain SGD settings under which the fused iteration equals `torch.optim.SGD`
 _PLAIN_SGD = {
     "momentum": 0,
     "dampening": 0,
@@ -44,15 +47,6 @@ _PLAIN_SGD = {
     "fused": None,
     "differentiable": False,
 }
-# methods whose override by a subclass sends `forward` to the general path
-_LIFECYCLE = (
-    "iteration",
-    "iteration_set_gradients",
-    "converged",
-    "pre_iteration",
-    "post_iteration",
-    "iteration_parameters",
-)
 # on an accelerator, look at the convergence flag only every few iterations
 _CHECK_EVERY_ON_ACCELERATOR = 4
 # single-threaded on the CPU, iterate blocks of about this many elements at a time so
@@ -78,19 +72,32 @@ class MultiSimilarityMatching(IterationLossModule):
     Inputs may be skipped in `forward()` and `loss()` by passing `None` or by passing
     fewer inputs than there are encoders. Every encoder output must have shape
     `[B, out_channels, *spatial]`; an output of shape `[B, out_channels]` is broadcast
-    over the spatial dimensions of the others.
+    over the spatial dimensions of the others. An empty batch (`B = 0`) gives an
+    empty output.
 
-    By default (plain SGD on `y`, no scheduler) `forward` runs a fused, in-place
-    iteration without autograd; with another optimizer or a scheduler it runs the
-    general `IterationLossModule` path. Both give the same answer where both apply.
+    **Two strategies, one answer.** `forward` runs the lifecycle of
+    `IterationModule.forward`. With plain SGD on `y` (the default: a number as
+    learning rate, no momentum, no weight decay) and no scheduler, it takes the
+    *fused* strategy: one in-place matrix product per iteration, no optimizer and no
+    autograd. With another optimizer or a scheduler, or when one of the methods in
+    `fused_replaces` is replaced -- in a subclass or on the instance, e.g.
+    `circuit.converged = my_test` -- it takes the general `IterationLossModule`
+    strategy, so that the replacement runs. Both give the same answer where both
+    apply; `uses_fused_iteration()` tells which one a call would take.
+
+    **What hooks see**, on both strategies: in `"iteration"` hooks, `module.y` is the
+    current iterate `[B, M, *spatial]` (read it, clone it to keep it: its memory is
+    reused) and `module.iteration_loss()` its iteration loss; in `"post"` hooks,
+    `module.y` holds the output and `module.iteration_idx` the index of the last
+    iteration run.
 
     Args:
         encoders: modules encoding the inputs, `W_k x_k`.
-        out_channels: number of output channels `M`.
-        tau: the competitor learns `1/tau` times faster than the encoders.
+        out_channels: number of output channels `M` (an integer >= 1).
+        tau: the competitor learns `1/tau` times faster than the encoders (> 0).
         tol: the iteration stops after the first iteration (from the second on) in
             which every element of `y` changed by less than `tol`; `0` disables it.
-        max_iterations: maximum number of iterations in `forward()`.
+        max_iterations: maximum number of iterations in `forward()` (>= 0).
         regularization: `"weight"`, `"whiten"` or `"none"`, or one per encoder.
         **kwargs: passed to `IterationLossModule` (`iteration_projection`,
             `iteration_lr`, `iteration_optimizer`, ...).
@@ -107,7 +114,22 @@ class MultiSimilarityMatching(IterationLossModule):
         >>> circuit(None, x2).shape  # the first input skipped
         torch.Size([8, 3])
         >>> circuit.loss(x1, x2, y).backward()
+        >>> circuit.uses_fused_iteration()
+        True
+        >>> circuit.converged = lambda *inputs: circuit.iteration_idx == 4
+        >>> circuit.uses_fused_iteration(), circuit(x1, x2).shape, circuit.iteration_idx
+        (False, torch.Size([8, 3]), 4)
     """
+
+    # the fused iteration computes all of these at once (see `IterationModule`)
+    fused_replaces = (
+        "pre_iteration",
+        "iteration",
+        "iteration_set_gradients",
+        "iteration_parameters",
+        "converged",
+        "post_iteration",
+    )
 
     def __init__(
         self,
@@ -120,20 +142,31 @@ class MultiSimilarityMatching(IterationLossModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(max_iterations=max_iterations, **kwargs)
-        encoders = list(encoders)
+        if isinstance(encoders, nn.Module) and not isinstance(encoders, nn.ModuleList):
+            raise TypeError(
+                "encoders must be a sequence of nn.Module (e.g. [encoder]), got a "
+                f"single {type(encoders).__name__}"
+            )
+        try:
+            encoders = list(encoders)
+        except TypeError:
+            raise TypeError(
+                "encoders must be a sequence of nn.Module, got "
+                f"{type(encoders).__name__}"
+            ) from None
         if not encoders or not all(isinstance(e, nn.Module) for e in encoders):
             raise TypeError("encoders must be a non-empty sequence of nn.Module")
-        if isinstance(out_channels, bool) or not isinstance(out_channels, int):
-            raise TypeError(f"out_channels must be an int, got {out_channels!r}")
-        if out_channels <= 0:
-            raise ValueError(f"out_channels must be positive, got {out_channels}")
-        if not isinstance(tau, Real) or not tau > 0:
-            raise ValueError(f"tau must be a positive number, got {tau!r}")
-        if not isinstance(tol, Real) or not tol >= 0:
-            raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+        out_channels = check_int("out_channels", out_channels, minimum=1)
+        tau = check_float("tau", tau, minimum=0, strict=True)
+        tol = check_float("tol", tol, minimum=0)
 
         if isinstance(regularization, str):
             regularization = [regularization] * len(encoders)
+        elif not isinstance(regularization, Sequence):
+            raise TypeError(
+                "regularization must be a string or a sequence of strings, got "
+                f"{type(regularization).__name__}"
+            )
         regularization = list(regularization)
         if len(regularization) != len(encoders):
             raise ValueError(
@@ -141,11 +174,7 @@ class MultiSimilarityMatching(IterationLossModule):
                 f"{len(encoders)} encoders"
             )
         for reg in regularization:
-            if reg not in _REGULARIZATIONS:
-                raise ValueError(
-                    f"Unknown regularization {reg!r}; "
-                    f"expected one of {_REGULARIZATIONS}"
-                )
+            check_choice("regularization", reg, _REGULARIZATIONS)
 
         self.encoders = nn.ModuleList(encoders)
         self.out_channels = out_channels
@@ -157,9 +186,10 @@ class MultiSimilarityMatching(IterationLossModule):
         nn.init.eye_(self.competitor.weight)
         self._install_competitor_hook()
 
+        # state of one forward call, released when it ends: the iterate and `b`
         self.y = torch.tensor([])
-        self._Wx: list[torch.Tensor] | None = None
         self._Wx_sum: torch.Tensor | None = None
+        # the previous iterate, for the general strategy's convergence test
         self._last_y: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- set-up
@@ -177,16 +207,9 @@ class MultiSimilarityMatching(IterationLossModule):
             self._install_competitor_hook()
 
     # --------------------------------------------------------------- encoding
-    def _encode(
-        self, *inputs: torch.Tensor | None, keep_all: bool = False
-    ) -> list[torch.Tensor | None]:
-        """Encode the inputs that are present, `W_k x_k`, checking their shapes.
-
-        Args:
-            *inputs: one input (or `None`) per encoder; missing ones are skipped.
-            keep_all: return `None` for the skipped encoders, so the list has one
-                entry per encoder; otherwise skipped ones are left out.
-        """
+    def _encode(self, *inputs: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """Encode the inputs that are present, `W_k x_k`: one entry per encoder,
+        `None` for the skipped ones. Check the result with `_output_shape`."""
         if len(inputs) > len(self.encoders):
             raise ValueError(
                 f"got {len(inputs)} inputs but the circuit has only "
@@ -205,9 +228,9 @@ class MultiSimilarityMatching(IterationLossModule):
 
         encodings: list[torch.Tensor | None] = [None] * len(self.encoders)
         for i in present:
+            _check_fits_kernel(i, self.encoders[i], inputs[i])
             encodings[i] = self.encoders[i](inputs[i])
-        self._output_shape(encodings)
-        return encodings if keep_all else [e for e in encodings if e is not None]
+        return encodings
 
     def _output_shape(self, encodings: Sequence[torch.Tensor | None]) -> torch.Size:
         """Check the encodings and return the shape of `y`, `[B, M, *spatial]`."""
@@ -251,75 +274,32 @@ class MultiSimilarityMatching(IterationLossModule):
                 dtype = torch.promote_types(dtype, enc.dtype)
         return dtype
 
-    @staticmethod
-    def _broadcast(enc: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """View a `[B, M]` encoding as `[B, M, 1, ...]` against a spatial shape."""
-        return enc.reshape(enc.shape + (1,) * (len(shape) - enc.ndim))
+    def _encode_and_sum(
+        self, inputs: tuple[torch.Tensor | None, ...]
+    ) -> tuple[torch.Tensor, torch.Size]:
+        """`b = sum_k W_k x_k` without autograd, flat (`[B, M]` or `[B, M, S]`), and
+        the shape of `y`; the start of both strategies."""
+        with torch.no_grad():
+            encodings = self._encode(*inputs)
+            shape = self._output_shape(encodings)
+            dtype = self._iteration_dtype(encodings)
+            return _sum_encodings(encodings, shape, dtype), shape
 
     # ---------------------------------------------------------------- forward
     def forward(self, *inputs: torch.Tensor | None) -> torch.Tensor:
         """Run the iteration and return the output `y`, `[B, M, *spatial]`, detached.
 
+        The lifecycle is that of `IterationModule.forward`; see the class docstring
+        for the strategy it takes and what hooks see.
+
         Args:
             *inputs: one input per encoder (`None` or omitted to skip it).
         """
-        if not self._fast_path_applies():
-            return super().forward(*inputs)
+        return super().forward(*inputs)
 
-        self.iteration_idx = -1
-        grad_enabled = torch.is_grad_enabled()
-        try:
-            self._call_hooks(self.hooks["pre"])
-            with torch.no_grad():
-                encodings = self._encode(*inputs, keep_all=True)
-                shape = self._output_shape(encodings)
-                dtype = self._iteration_dtype(encodings)
-                b = _sum_encodings(encodings, shape, dtype)
-                lr = self.it_optim_kwargs["lr"]
-                drive = b if lr == 1 else b * lr
-                spatial = len(shape) > 2
-                update = make_update(self.competitor.weight.to(dtype), lr, spatial)
-            self._Wx_sum = b.view(shape)
-
-            callback = None
-            check_every = 1
-            if self.hooks["iteration"]:
-
-                def callback(i: int, y_flat: torch.Tensor) -> bool:
-                    self.iteration_idx = i
-                    self.y = y_flat.view(shape)
-                    with torch.set_grad_enabled(grad_enabled):
-                        return self._call_hooks(self.hooks["iteration"], True)
-
-            elif drive.device.type != "cpu":
-                check_every = _CHECK_EVERY_ON_ACCELERATOR
-
-            project_, elementwise = self._in_place_projection(shape)
-            chunk_rows = None
-            single_cpu_thread = torch.get_num_threads() == 1
-            if elementwise and drive.device.type == "cpu" and single_cpu_thread:
-                chunk_rows = max(1, _CPU_BLOCK_ELEMENTS // drive[0].numel())
-            with torch.no_grad():
-                y_flat, last_idx = run_fused_iteration(
-                    drive,
-                    update,
-                    self.max_iterations,
-                    project_,
-                    tol=self.tol,
-                    check_every=check_every,
-                    on_iteration=callback,
-                    chunk_rows=chunk_rows,
-                )
-                y = y_flat.view(shape)
-            self.iteration_idx = last_idx
-            self.y = y
-            self._call_hooks(self.hooks["post"])
-            return y
-        finally:
-            self.release_iteration_state()
-
-    def _fast_path_applies(self) -> bool:
-        """Whether `forward` may use the fused iteration (plain SGD, no scheduler)."""
+    def fused_iteration_supported(self) -> bool:
+        """Whether the settings allow the fused iteration: plain SGD with a number
+        as learning rate, no scheduler."""
         if self.it_construct_optim is not torch.optim.SGD:
             return False
         if self.it_construct_sched is not None:
@@ -327,14 +307,61 @@ class MultiSimilarityMatching(IterationLossModule):
         lr = self.it_optim_kwargs.get("lr")
         if isinstance(lr, bool) or not isinstance(lr, Real):
             return False
-        for key, value in self.it_optim_kwargs.items():
-            if key != "lr" and (key not in _PLAIN_SGD or value != _PLAIN_SGD[key]):
-                return False
-        cls = type(self)
         return all(
-            getattr(cls, name) is getattr(MultiSimilarityMatching, name)
-            for name in _LIFECYCLE
+            key == "lr" or (key in _PLAIN_SGD and value == _PLAIN_SGD[key])
+            for key, value in self.it_optim_kwargs.items()
         )
+
+    def fused_iteration(
+        self,
+        on_iteration: Callable[[int], bool] | None,
+        *inputs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, int]:
+        """The whole iteration at once, in place (see `pynsm.arch._fused`).
+
+        Args:
+            on_iteration: called with the index of every iteration, `self.y` then
+                showing that iterate; true stops. `None`: no per-iteration work.
+            *inputs: one input per encoder (`None` or omitted to skip it).
+
+        Returns:
+            `(y, last_idx)`: the output, detached, and the last iteration's index.
+        """
+        b, shape = self._encode_and_sum(inputs)
+        self._Wx_sum = b.view(shape)
+        lr = self.it_optim_kwargs["lr"]
+        spatial = len(shape) > 2
+        on_device = b.device.type != "cpu"
+        with torch.no_grad():
+            drive = b if lr == 1 else b * lr
+            update = make_update(self.competitor.weight.to(b.dtype), lr, spatial)
+            project_, elementwise = self._in_place_projection(shape)
+
+            callback = None
+            if on_iteration is not None:
+
+                def callback(idx: int, y_flat: torch.Tensor) -> bool:
+                    self.y = y_flat.view(shape)
+                    return on_iteration(idx)
+
+            # a host-device synchronisation per iteration is expensive on devices
+            check_every = _CHECK_EVERY_ON_ACCELERATOR if on_device else 1
+            chunk_rows = None
+            if elementwise and not on_device and torch.get_num_threads() == 1:
+                per_sample = max(1, math.prod(drive.shape[1:]))
+                chunk_rows = max(1, _CPU_BLOCK_ELEMENTS // per_sample)
+            y_flat, last_idx = run_fused_iteration(
+                drive,
+                update,
+                self.max_iterations,
+                project_,
+                tol=self.tol,
+                check_every=1 if callback is not None else check_every,
+                on_iteration=callback,
+                chunk_rows=chunk_rows,
+            )
+        self.y = y_flat.view(shape)
+        return self.y, last_idx
 
     def _in_place_projection(
         self, shape: torch.Size
@@ -356,20 +383,12 @@ class MultiSimilarityMatching(IterationLossModule):
 
         return project_, False
 
-    # ------------------------------------------------- general path lifecycle
+    # ------------------------------------------------ general strategy lifecycle
     def pre_iteration(self, *inputs: torch.Tensor | None) -> None:
-        with torch.no_grad():
-            encodings = self._encode(*inputs, keep_all=True)
-            shape = self._output_shape(encodings)
-            present = [e for e in encodings if e is not None]
-            dtype = self._iteration_dtype(encodings)
-            total = torch.zeros(shape, dtype=dtype, device=present[0].device)
-            for enc in present:
-                total += self._broadcast(enc, shape)
-        self._Wx = [e.detach() for e in present]
-        self._Wx_sum = total
+        b, shape = self._encode_and_sum(inputs)
+        self._Wx_sum = b.view(shape)
         self._last_y = None
-        self.y = torch.zeros_like(total)
+        self.y = torch.zeros(shape, dtype=b.dtype, device=b.device)
         super().pre_iteration(*inputs)
 
     def iteration_set_gradients(self, *inputs: torch.Tensor | None) -> None:
@@ -396,7 +415,9 @@ class MultiSimilarityMatching(IterationLossModule):
             return False
         result = False
         if self._last_y is not None:
-            result = bool((self.y.detach() - self._last_y).abs().max() < self.tol)
+            # an empty batch has nothing left to move: converged
+            change = (self.y.detach() - self._last_y).abs()
+            result = change.numel() == 0 or bool(change.max() < self.tol)
         self._last_y = self.y.detach().clone()
         return result
 
@@ -410,7 +431,6 @@ class MultiSimilarityMatching(IterationLossModule):
     def release_iteration_state(self) -> None:
         """Drop every batch-sized tensor kept during `forward()`."""
         super().release_iteration_state()
-        self._Wx = None
         self._Wx_sum = None
         self._last_y = None
         self.y = torch.tensor([])
@@ -426,18 +446,26 @@ class MultiSimilarityMatching(IterationLossModule):
         Returns:
             The scalar loss. Regularization counts only encoders whose input is
             present. `competitor.weight`'s gradient arrives multiplied by `-1/tau`.
+
+        Raises:
+            ValueError: the inputs do not fit the circuit, `y` does not have the
+                shape they give, or the batch is empty (the loss is a mean).
         """
         if len(args) < 2:
             raise ValueError("loss() expects the inputs followed by the output y")
         y = args[-1]
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"y must be a Tensor, got {type(y).__name__}")
-        encodings = self._encode(*args[:-1], keep_all=True)
+        encodings = self._encode(*args[:-1])
         shape = self._output_shape(encodings)
         if y.shape != shape:
             raise ValueError(
                 f"y has shape {tuple(y.shape)} but the encoded inputs give "
                 f"{tuple(shape)}"
+            )
+        if y.numel() == 0:
+            raise ValueError(
+                f"loss() needs at least one sample: y has shape {tuple(y.shape)}"
             )
         channels = y.shape[1]
 
@@ -541,12 +569,9 @@ class SupervisedSimilarityMatching(MultiSimilarityMatching):
         label_bias: bool = False,
         **kwargs: Any,
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise TypeError(f"num_classes must be an int, got {num_classes!r}")
-        if num_classes <= 0:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        if isinstance(out_channels, bool) or not isinstance(out_channels, int):
-            raise TypeError(f"out_channels must be an int, got {out_channels!r}")
+        num_classes = check_int("num_classes", num_classes, minimum=1)
+        out_channels = check_int("out_channels", out_channels, minimum=1)
+        label_bias = check_bool("label_bias", label_bias)
         label_encoder = nn.Linear(num_classes, out_channels, bias=label_bias)
         kwargs.setdefault("regularization", ("weight", "whiten"))
         super().__init__(
@@ -555,10 +580,7 @@ class SupervisedSimilarityMatching(MultiSimilarityMatching):
         self.num_classes = num_classes
 
     def _encode(
-        self,
-        x: torch.Tensor | None,
-        label: torch.Tensor | None = None,
-        keep_all: bool = False,
+        self, x: torch.Tensor | None, label: torch.Tensor | None = None
     ) -> list[torch.Tensor | None]:
         if label is not None:
             if not isinstance(label, torch.Tensor):
@@ -572,7 +594,7 @@ class SupervisedSimilarityMatching(MultiSimilarityMatching):
                     f"label has shape {tuple(label.shape)}; expected one-hot "
                     f"[batch, num_classes={self.num_classes}]"
                 )
-        return super()._encode(x, label, keep_all=keep_all)
+        return super()._encode(x, label)
 
 
 def _no_projection(y: torch.Tensor) -> None:
@@ -594,7 +616,9 @@ def _sum_encodings(
     """
     present = [e for e in encodings if e is not None]
     batch, channels = shape[0], shape[1]
-    flat_shape = (batch, channels) if len(shape) == 2 else (batch, channels, -1)
+    flat_shape = (batch, channels)
+    if len(shape) > 2:
+        flat_shape += (math.prod(shape[2:]),)
     full = [e for e in present if e.ndim == len(shape)]
     pooled = [e for e in present if e.ndim < len(shape)]
     total = full[0].to(dtype).reshape(flat_shape)
@@ -604,3 +628,32 @@ def _sum_encodings(
         # a [B, M] encoding is broadcast over the spatial positions
         total = total + enc.unsqueeze(-1)
     return total
+
+
+def _check_fits_kernel(index: int, encoder: nn.Module, x: Any) -> None:
+    """A clear error for images smaller than the kernel of a convolutional encoder
+    (itself a convolution, or a `Sequential` starting with one)."""
+    conv = encoder
+    while isinstance(conv, nn.Sequential) and len(conv) > 0:
+        conv = conv[0]
+    if (
+        not isinstance(conv, nn.modules.conv._ConvNd)
+        or isinstance(conv, nn.modules.conv._ConvTransposeNd)
+        or not isinstance(x, torch.Tensor)
+        or x.ndim != len(conv.kernel_size) + 2
+        or conv.padding == "same"  # the output is as large as the input
+    ):
+        return
+    paddings = (0,) * len(conv.kernel_size) if conv.padding == "valid" else conv.padding
+    needed = [
+        dilation * (kernel - 1) + 1 - 2 * padding
+        for kernel, padding, dilation in zip(conv.kernel_size, paddings, conv.dilation)
+    ]
+    size = tuple(x.shape[2:])
+    if any(s < n for s, n in zip(size, needed)):
+        raise ValueError(
+            f"input {index} has shape {tuple(x.shape)}: its spatial size {size} is "
+            f"smaller than the {tuple(needed)} that encoder {index}'s "
+            f"{type(conv).__name__} needs (kernel_size={tuple(conv.kernel_size)}, "
+            f"padding={tuple(paddings)}, dilation={tuple(conv.dilation)})"
+        )

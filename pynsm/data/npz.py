@@ -9,7 +9,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-__all__ = ["load_npz", "stratified_split"]
+__all__ = ["load_npz", "stratified_split", "MAX_PIXEL"]
+
+#: Largest pixel magnitude accepted in float images (beyond it float32 overflows).
+MAX_PIXEL = 1e6
 
 
 def load_npz(
@@ -17,11 +20,28 @@ def load_npz(
 ) -> tuple[TensorDataset, TensorDataset]:
     """Load an image classification dataset from a ``.npz`` file and split it.
 
-    The file must hold ``images`` (``[N, H, W]`` or ``[N, C, H, W]``, any real
-    dtype) and ``labels`` (``[N]`` integers ``>= 0``). Unsigned-integer images are
-    scaled to [0, 1] by their dtype's maximum (``uint8``: 255); other images are
-    kept as they are (as float32). The split is stratified by class and
-    deterministic (:func:`stratified_split`).
+    The file must hold ``images`` and ``labels`` (``np.savez(path, images=...,
+    labels=...)``; a ``.npy`` file or a pickle is refused). The rules, checked
+    before anything is returned:
+
+    * **layout**: ``[N, H, W]`` (gray) or ``[N, C, H, W]`` (channels first). An
+      array that looks channels-last, ``[N, H, W, C]`` with ``C`` in 1, 3 or 4
+      and ``H, W > 4``, is refused with a message showing the transpose to apply
+      (guessing would silently train on scrambled images when ``H == C``).
+    * **pixels**: any real dtype. Unsigned-integer images are scaled to [0, 1] by
+      their dtype's maximum (``uint8``: 255); other images are kept as they are
+      (as float32) and must be finite with ``|x| <= 1e6`` (larger values overflow
+      float32 inside the models: rescale such data first).
+    * **labels**: ``[N]`` integers of any integer dtype, negative or huge values
+      included. The distinct values, sorted, are mapped to classes ``0..K-1``
+      (labels already equal to ``0..K-1`` are unchanged, ``{3, 7}`` becomes
+      ``{0, 1}``); the original values are kept as ``dataset.classes`` on both
+      returned datasets (a NumPy array, ``classes[k]`` = original label of
+      class ``k``). Floating-point or boolean labels are refused.
+    * **size**: at least 2 images, every dimension non-empty, and enough images
+      to hold out a test set.
+
+    The split is stratified by class and deterministic (:func:`stratified_split`).
 
     Args:
         path: The ``.npz`` file.
@@ -42,18 +62,27 @@ def load_npz(
         >>> path = os.path.join(tempfile.mkdtemp(), "toy.npz")
         >>> rng = np.random.default_rng(0)
         >>> np.savez(path, images=rng.integers(0, 256, (40, 6, 6), dtype=np.uint8),
-        ...          labels=np.arange(40) % 4)
+        ...          labels=10 * (np.arange(40) % 4))
         >>> train, test = load_npz(path)
         >>> len(train), len(test), tuple(train.tensors[0].shape[1:])
         (32, 8, (1, 6, 6))
+        >>> train.classes.tolist(), sorted(set(train.tensors[1].tolist()))
+        ([0, 10, 20, 30], [0, 1, 2, 3])
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"dataset file {path!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path!r} is not a valid dataset .npz: {exc}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path!r} holds a single array (a .npy file), not an .npz archive: "
+            "save the dataset with np.savez(path, images=..., labels=...)"
+        )
+    try:
+        with archive:
             missing = {"images", "labels"} - set(archive.files)
             if missing:
                 raise ValueError(
@@ -63,12 +92,11 @@ def load_npz(
             labels = archive["labels"]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{path!r} is not a valid dataset .npz: {exc}") from exc
-    return _split_dataset(
-        _check_images(images, path),
-        _check_labels(labels, len(images), path),
-        test_fraction,
-        seed,
-    )
+    tensor = _check_images(images, path)
+    classes, targets = _check_labels(labels, len(images), path)
+    train, test = _split_dataset(tensor, targets, test_fraction, seed)
+    train.classes = test.classes = classes  # type: ignore[attr-defined]
+    return train, test
 
 
 def _check_images(images: np.ndarray, path: str) -> torch.Tensor:
@@ -76,6 +104,12 @@ def _check_images(images: np.ndarray, path: str) -> torch.Tensor:
         raise ValueError(
             f"{path!r}: images must be [N, H, W] or [N, C, H, W], got shape "
             f"{images.shape}"
+        )
+    if images.ndim == 4 and images.shape[3] in (1, 3, 4) and min(images.shape[1:3]) > 4:
+        raise ValueError(
+            f"{path!r}: images of shape {images.shape} look channels-last "
+            "[N, H, W, C]; pynsm expects [N, C, H, W]: save "
+            "images.transpose(0, 3, 1, 2) instead"
         )
     if images.dtype.kind not in "uif" or images.dtype == np.bool_:
         raise ValueError(f"{path!r}: images must be numeric, got dtype {images.dtype}")
@@ -91,10 +125,19 @@ def _check_images(images: np.ndarray, path: str) -> torch.Tensor:
         tensor = torch.from_numpy(images.astype(np.float32))
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{path!r}: images contain NaN or infinite values")
+    largest = float(tensor.abs().max())
+    if largest > MAX_PIXEL:
+        raise ValueError(
+            f"{path!r}: pixel values reach {largest:.3g}; pynsm accepts |x| <= "
+            f"{MAX_PIXEL:.0e} (larger values overflow float32 in the models): "
+            "rescale the images"
+        )
     return tensor.unsqueeze(1) if tensor.dim() == 3 else tensor
 
 
-def _check_labels(labels: np.ndarray, n: int, path: str) -> torch.Tensor:
+def _check_labels(
+    labels: np.ndarray, n: int, path: str
+) -> tuple[np.ndarray, torch.Tensor]:
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(
             f"{path!r}: labels must have shape [{n}] (one per image), "
@@ -102,9 +145,10 @@ def _check_labels(labels: np.ndarray, n: int, path: str) -> torch.Tensor:
         )
     if labels.dtype.kind not in "iu":
         raise ValueError(f"{path!r}: labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0:
-        raise ValueError(f"{path!r}: labels must be >= 0, got {labels.min()}")
-    return torch.from_numpy(labels.astype(np.int64))
+    # np.unique works in the labels' own dtype: uint64 values >= 2**63 do not
+    # wrap, and a label of 10**9 costs nothing (no one-hot of that width)
+    classes, index = np.unique(labels, return_inverse=True)
+    return classes, torch.from_numpy(index.reshape(-1).astype(np.int64))
 
 
 def stratified_split(

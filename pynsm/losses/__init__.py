@@ -1,17 +1,22 @@
-"""Self-supervised learning losses: the clustering family (MSN, PMSN, SwaV, DINO) and
-the rest of the documented loss family (Barlow Twins, DCL, NT-Xent, VICReg, ...)."""
+"""Self-supervised learning losses: the clustering family (MSN, PMSN, SwaV, DINO,
+iBOT) and the rest of the lightly.loss family (Barlow Twins, DCL, NT-Xent, VICReg,
+KoLeo, MMCR, W-MSE, EMP-SSL, ...)."""
 
 from pynsm.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from pynsm.losses.co2 import CO2Regularizer
 from pynsm.losses.dcl import DCLLoss, DCLWLoss, dcl_loss, negative_mises_fisher_weights
 from pynsm.losses.dino import DINOLoss
+from pynsm.losses.emp_ssl import EMPSSLLoss, emp_ssl_loss, total_coding_rate
 from pynsm.losses.hypersphere import (
     HypersphereLoss,
     alignment_loss,
     hypersphere_loss,
     uniformity_loss,
 )
+from pynsm.losses.ibot_patch import IBOTPatchLoss, ibot_patch_loss
+from pynsm.losses.koleo import KoLeoLoss, koleo_loss
 from pynsm.losses.memory_bank import MemoryBankModule
+from pynsm.losses.mmcr import MMCRLoss, mmcr_loss
 from pynsm.losses.msn import (
     MSNLoss,
     power_law_distribution,
@@ -36,6 +41,7 @@ from pynsm.losses.vicreg import (
     vicreg_loss,
 )
 from pynsm.losses.vicregl import VICRegLLoss
+from pynsm.losses.wmse import Whitening2d, WMSELoss, norm_mse_loss, whitening_matrix
 
 __all__ = [
     "BarlowTwinsLoss",
@@ -43,7 +49,11 @@ __all__ = [
     "DCLLoss",
     "DCLWLoss",
     "DINOLoss",
+    "EMPSSLLoss",
     "HypersphereLoss",
+    "IBOTPatchLoss",
+    "KoLeoLoss",
+    "MMCRLoss",
     "MSNLoss",
     "MemoryBankModule",
     "NTXentLoss",
@@ -55,14 +65,21 @@ __all__ = [
     "TiCoLoss",
     "VICRegLLoss",
     "VICRegLoss",
+    "WMSELoss",
+    "Whitening2d",
     "alignment_loss",
     "barlow_twins_loss",
     "covariance_loss",
     "dcl_loss",
+    "emp_ssl_loss",
     "hypersphere_loss",
+    "ibot_patch_loss",
     "invariance_loss",
+    "koleo_loss",
+    "mmcr_loss",
     "negative_cosine_similarity",
     "negative_mises_fisher_weights",
+    "norm_mse_loss",
     "ntxent_loss",
     "power_law_distribution",
     "prototype_probabilities",
@@ -70,7 +87,9 @@ __all__ = [
     "sinkhorn_log",
     "sinkhorn_msn",
     "sinkhorn_swav",
+    "total_coding_rate",
     "uniformity_loss",
     "variance_loss",
     "vicreg_loss",
+    "whitening_matrix",
 ]

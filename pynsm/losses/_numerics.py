@@ -31,16 +31,23 @@ def autocast_disabled(tensor: torch.Tensor) -> Iterator[None]:
         yield
 
 
-def check_positive(name: str, value: float) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be in (0, inf), got {value!r}.")
+class _Gram(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x @ x.mT
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return (grad + grad.mT) @ x
 
 
-def check_non_negative_int(name: str, value: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """``x @ x.mT`` (any leading batch dimensions) with a one-product backward,
+    ``(g + g.mT) @ x``; autograd would multiply twice, once per operand. The
+    backward is itself differentiable."""
+    return _Gram.apply(x)
 
 
 def check_distributed_available(name: str, flag: bool) -> None:

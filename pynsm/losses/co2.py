@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -12,17 +14,12 @@ from pynsm.losses.memory_bank import MemoryBankModule
 def _log_pseudo_labels(
     query: torch.Tensor,
     key: torch.Tensor,
-    negatives: torch.Tensor | None,
+    negatives: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
     """``log_softmax([<q, k>, <q, negatives>] / t)`` per row, ``[B, 1 + K]``."""
     positive = (query * key).sum(dim=1, keepdim=True)
-    if negatives is None:  # the other keys of the batch are the negatives
-        similarities = query @ key.T
-        off_diagonal = ~torch.eye(len(query), dtype=torch.bool, device=query.device)
-        negative = similarities[off_diagonal].view(len(query), len(query) - 1)
-    else:
-        negative = query @ negatives.to(query.dtype)
+    negative = query @ negatives.to(query.dtype)
     return F.log_softmax(torch.cat([positive, negative], dim=1) / temperature, dim=1)
 
 
@@ -41,8 +38,10 @@ class CO2Regularizer(MemoryBankModule):
     Args:
         alpha: Weight of the regularisation term.
         t_consistency: Temperature of the softmax.
-        memory_bank_size: Number of negatives in the memory bank; ``0`` uses the
-            second batch as negatives.
+        memory_bank_size: Number of negatives in the memory bank, or
+            ``(length, dim)`` to allocate it at construction (see
+            :class:`~pynsm.losses.MemoryBankModule`); ``0`` uses the second batch
+            as negatives.
 
     Raises:
         ValueError: if ``abs(t_consistency) < 1e-8`` or ``memory_bank_size`` is
@@ -54,8 +53,8 @@ class CO2Regularizer(MemoryBankModule):
     Example:
         >>> import torch
         >>> from pynsm.losses import CO2Regularizer, NTXentLoss
-        >>> loss_fn = NTXentLoss(memory_bank_size=64)
-        >>> co2 = CO2Regularizer(alpha=1.0, memory_bank_size=64)
+        >>> loss_fn = NTXentLoss(memory_bank_size=(64, 16))
+        >>> co2 = CO2Regularizer(alpha=1.0, memory_bank_size=(64, 16))
         >>> out0, out1 = torch.randn(8, 16), torch.randn(8, 16)
         >>> loss = loss_fn(out0, out1) + co2(out0, out1)
         >>> loss.shape
@@ -63,7 +62,10 @@ class CO2Regularizer(MemoryBankModule):
     """
 
     def __init__(
-        self, alpha: float = 1, t_consistency: float = 0.05, memory_bank_size: int = 0
+        self,
+        alpha: float = 1,
+        t_consistency: float = 0.05,
+        memory_bank_size: int | Sequence[int] = 0,
     ) -> None:
         super().__init__(size=memory_bank_size)
         if abs(t_consistency) < 1e-8:
@@ -85,8 +87,17 @@ class CO2Regularizer(MemoryBankModule):
         out0 = F.normalize(out0, dim=1)
         out1 = F.normalize(out1, dim=1)
         _, negatives = super().forward(out1, update=True)
-        log_p = _log_pseudo_labels(out0, out1, negatives, self.t_consistency)
-        log_q = _log_pseudo_labels(out1, out0, negatives, self.t_consistency)
-        kl_pq = (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
-        kl_qp = (log_q.exp() * (log_q - log_p)).sum(dim=1).mean()
-        return self.alpha * 0.5 * (kl_pq + kl_qp)
+        if negatives is None:
+            # the positive and the in-batch negatives of out0[i] are row i of
+            # out0 @ out1.T (the positive on the diagonal), those of out1[i] are
+            # row i of its transpose: entries pair up as in the [positive,
+            # negatives] layout, so the KL sums agree, with one product
+            similarities = (out0 @ out1.T) / self.t_consistency
+            log_p = F.log_softmax(similarities, dim=1)
+            log_q = F.log_softmax(similarities.T, dim=1)
+        else:
+            log_p = _log_pseudo_labels(out0, out1, negatives, self.t_consistency)
+            log_q = _log_pseudo_labels(out1, out0, negatives, self.t_consistency)
+        # KL(P||Q) + KL(Q||P) = sum (p - q)(log p - log q)
+        symmetric_kl = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(dim=1)
+        return self.alpha * 0.5 * symmetric_kl.mean()

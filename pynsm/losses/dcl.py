@@ -89,29 +89,47 @@ def dcl_loss(
     views = F.normalize(torch.cat([out0, out1]), dim=1)
     out0, out1 = views.split(batch_size)
     if gather_distributed and distributed.world_size() > 1:
-        columns = torch.cat([distributed.gather(out0), distributed.gather(out1)])
+        all0, all1 = distributed.gather(out0), distributed.gather(out1)
         offset = distributed.rank() * batch_size
     else:
-        columns, offset = views, 0
-    total = columns.shape[0] // 2
+        all0, all1, offset = out0, out1, 0
+    total = all0.shape[0]
     if total < 2:
         raise ValueError("DCL needs at least 2 images in the (gathered) batch")
-    # rows: this process's views (out0 then out1); columns: [all out0 | all out1]
+    # Each view's rows are scored against [own view | other view] columns with a
+    # product of its own: swapping out0 and out1 then swaps two identical
+    # computations, so the loss is bitwise symmetric (one [2B, 2M] product with a
+    # fixed column order would sum the two halves in a different order).
     own = torch.arange(batch_size, device=out0.device) + offset
-    rows = torch.arange(2 * batch_size, device=out0.device)
-    self_columns = torch.cat([own, own + total])
-    positive_columns = torch.cat([own + total, own])
-    positive = ((out0 * out1).sum(dim=1) / temperature).repeat(2)
+    rows = torch.arange(batch_size, device=out0.device)
+    # drop the sample itself and its positive from the denominator
+    excluded = (rows.repeat(2), torch.cat([own, own + total]))
+    positive = (out0 * out1).sum(dim=1) / temperature
+    positive0 = positive1 = positive
     if weight_fn is not None:
-        weights = torch.cat([weight_fn(out0, out1), weight_fn(out1, out0)])
-        positive = positive * weights
-    # drop the sample itself and its positive from both denominators
-    excluded = (rows.repeat(2), torch.cat([self_columns, positive_columns]))
+        positive0 = positive * weight_fn(out0, out1)
+        positive1 = positive * weight_fn(out1, out0)
+    term0 = _view_terms(out0, all0, all1, positive0, temperature, excluded)
+    term1 = _view_terms(out1, all1, all0, positive1, temperature, excluded)
+    # a + b == b + a exactly: the mean over both views is symmetric
+    return (term0.mean() + term1.mean()) / 2
+
+
+def _view_terms(
+    query: torch.Tensor,
+    same: torch.Tensor,
+    other: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float,
+    excluded: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """``log sum_{j != i} [e^{s(q_i, same_j)} + e^{s(q_i, other_j)}] - positive_i``."""
+    columns = torch.cat([same, other])
     shifted, shift = _shifted_logits(
-        views / temperature, columns.T, abs(1 / temperature), excluded
+        query / temperature, columns.T, abs(1 / temperature), excluded
     )
     negative = _log_normaliser(shifted, shift)
-    return (negative - positive.to(negative.dtype)).mean()
+    return negative - positive.to(negative.dtype)
 
 
 def _check(temperature: float, gather_distributed: bool) -> None:

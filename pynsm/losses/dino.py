@@ -10,9 +10,8 @@ from pynsm import distributed
 from pynsm.losses._numerics import (
     at_least_float32,
     autocast_disabled,
-    check_non_negative_int,
-    check_positive,
 )
+from pynsm.validation import check_float, check_int
 
 __all__ = ["DINOLoss"]
 
@@ -69,16 +68,15 @@ class DINOLoss(nn.Module):
         center_momentum: float = 0.9,
     ) -> None:
         super().__init__()
-        if (
-            isinstance(output_dim, bool)
-            or not isinstance(output_dim, int)
-            or (output_dim < 1)
-        ):
-            raise ValueError(f"output_dim must be an integer >= 1, got {output_dim!r}.")
-        check_positive("warmup_teacher_temp", warmup_teacher_temp)
-        check_positive("teacher_temp", teacher_temp)
-        check_non_negative_int("warmup_teacher_temp_epochs", warmup_teacher_temp_epochs)
-        check_positive("student_temp", student_temp)
+        output_dim = check_int("output_dim", output_dim, minimum=1)
+        warmup_teacher_temp = check_float(
+            "warmup_teacher_temp", warmup_teacher_temp, minimum=0, strict=True
+        )
+        teacher_temp = check_float("teacher_temp", teacher_temp, minimum=0, strict=True)
+        warmup_teacher_temp_epochs = check_int(
+            "warmup_teacher_temp_epochs", warmup_teacher_temp_epochs, minimum=0
+        )
+        student_temp = check_float("student_temp", student_temp, minimum=0, strict=True)
         if not 0 <= center_momentum <= 1:
             raise ValueError(
                 f"center_momentum must be in [0, 1], got {center_momentum!r}."
@@ -93,7 +91,7 @@ class DINOLoss(nn.Module):
 
     def teacher_temperature(self, epoch: int) -> float:
         """Teacher temperature at ``epoch`` (linear warm-up, then constant)."""
-        check_non_negative_int("epoch", epoch)
+        epoch = check_int("epoch", epoch, minimum=0)
         steps = self.warmup_teacher_temp_epochs
         if epoch >= steps:
             return self.teacher_temp
@@ -121,10 +119,8 @@ class DINOLoss(nn.Module):
         Returns:
             Scalar average cross entropy over the pairs of different views.
         """
-        teacher, student = _stack_views(teacher_out, student_out, self.output_dim)
-        num_pairs = teacher.shape[0] * student.shape[0] - min(
-            teacher.shape[0], student.shape[0]
-        )
+        teacher, student = _check_views(teacher_out, student_out, self.output_dim)
+        num_pairs = len(teacher) * len(student) - min(len(teacher), len(student))
         if num_pairs == 0:
             raise ValueError(
                 "teacher_out and student_out must provide at least one pair of "
@@ -132,20 +128,37 @@ class DINOLoss(nn.Module):
                 "student views)."
             )
         teacher_temp = self.teacher_temperature(epoch)
-        with autocast_disabled(teacher):
-            teacher32 = at_least_float32(teacher)
-            teacher_probs = F.softmax((teacher32 - self.center) / teacher_temp, dim=-1)
-            student_log_probs = F.log_softmax(
-                at_least_float32(student) / self.student_temp, dim=-1
-            )
-            # cross[t, s] = -sum_b sum_k P_t log P_s; same-view pairs are skipped
-            cross = -torch.einsum("tbk,sbk->ts", teacher_probs, student_log_probs)
-            same_view = torch.eye(*cross.shape, dtype=torch.bool, device=cross.device)
-            loss = cross.masked_fill(same_view, 0).sum() / (
-                num_pairs * teacher.shape[1]
-            )
-            self.update_center(teacher32)
+        with autocast_disabled(teacher[0]):
+            teacher32 = [at_least_float32(view) for view in teacher]
+            center = self.center[0]
+            teacher_probs = [
+                F.softmax((view - center) / teacher_temp, dim=-1) for view in teacher32
+            ]
+            # sum over pairs t != s of <P_t, log P_s> = sum_s <W_s, log P_s> with
+            # W_s = sum_t P_t minus P_s for a shared view: one product per student
+            # view, no [views, B, K] stacks and no batched matmul
+            all_teachers = teacher_probs[0]
+            for probs in teacher_probs[1:]:
+                all_teachers = all_teachers + probs
+            total = teacher_probs[0].new_zeros(())
+            for index, view in enumerate(student):
+                log_probs = F.log_softmax(
+                    at_least_float32(view) / self.student_temp, dim=-1
+                )
+                weights = all_teachers
+                if index < len(teacher_probs):
+                    weights = all_teachers - teacher_probs[index]
+                total = total + (weights * log_probs).sum()
+            loss = -total / (num_pairs * teacher[0].shape[0])
+            self._update_center_from_views(teacher32)
         return loss
+
+    @torch.no_grad()
+    def _update_center_from_views(self, views: list[torch.Tensor]) -> None:
+        batch_center = views[0].detach().mean(dim=0)
+        for view in views[1:]:
+            batch_center = batch_center + view.detach().mean(dim=0)
+        self._apply_batch_center((batch_center / len(views)).reshape(1, 1, -1))
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
@@ -162,7 +175,11 @@ class DINOLoss(nn.Module):
                 f"got {tuple(teacher_out.shape)}."
             )
         flat = at_least_float32(teacher_out.detach()).reshape(-1, self.output_dim)
-        batch_center = flat.mean(dim=0).reshape(1, 1, -1)
+        self._apply_batch_center(flat.mean(dim=0).reshape(1, 1, -1))
+
+    @torch.no_grad()
+    def _apply_batch_center(self, batch_center: torch.Tensor) -> None:
+        # the batch mean covers every process when a process group is initialised
         if distributed.world_size() > 1:
             batch_center = distributed.all_reduce_sum(batch_center) / (
                 distributed.world_size()
@@ -172,9 +189,9 @@ class DINOLoss(nn.Module):
         )
 
 
-def _stack_views(
+def _check_views(
     teacher_out: list[torch.Tensor], student_out: list[torch.Tensor], output_dim: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     if len(teacher_out) == 0 or len(student_out) == 0:
         raise ValueError("teacher_out and student_out must each hold a view.")
     shape = teacher_out[0].shape
@@ -190,4 +207,4 @@ def _stack_views(
                     f"every view of {name} must have shape {tuple(shape)}, got "
                     f"{tuple(view.shape)}."
                 )
-    return torch.stack(list(teacher_out)), torch.stack(list(student_out))
+    return list(teacher_out), list(student_out)

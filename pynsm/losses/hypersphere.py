@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pynsm.losses._numerics import check_pair
+from pynsm.losses._numerics import check_pair, gram
 
 
 def alignment_loss(
@@ -49,13 +49,31 @@ def uniformity_loss(x: torch.Tensor, t: float = 1.0) -> torch.Tensor:
         0.0
     """
     batch_size = x.shape[0]
-    row, col = torch.triu_indices(batch_size, batch_size, offset=1, device=x.device)
+    # all B x B squared distances at once (the pairs i < j appear twice, i = j is
+    # left out): mean over pairs = sum over i != j divided by B (B - 1)
     squared_norms = x.pow(2).sum(dim=1)
-    gram = x @ x.T
     squared_distances = (
-        squared_norms[row] + squared_norms[col] - 2 * gram[row, col]
-    ).clamp_min(0)
-    return torch.logsumexp(-t * squared_distances, dim=0) - math.log(row.numel())
+        (squared_norms.unsqueeze(1) + squared_norms) - 2 * gram(x)
+    ).clamp_min_(0)
+    diagonal = torch.eye(batch_size, dtype=torch.bool, device=x.device)
+    logits = (squared_distances * -t).masked_fill_(diagonal, -math.inf)
+    return torch.logsumexp(logits.flatten(), dim=0) - math.log(
+        batch_size * (batch_size - 1)
+    )
+
+
+def _unit_uniformity(x: torch.Tensor, t: float) -> torch.Tensor:
+    """:func:`uniformity_loss` for unit rows, where ``||x_i - x_j||^2 = 2 - 2 G_ij``:
+    the Gram matrix alone gives the distances (fewer passes over ``[B, B]``)."""
+    batch_size = x.shape[0]
+    similarity = gram(x).clamp_max(1)  # distance >= 0
+    diagonal = torch.eye(batch_size, dtype=torch.bool, device=x.device)
+    logits = (similarity * (2 * t)).masked_fill_(diagonal, -math.inf)
+    return (
+        torch.logsumexp(logits.flatten(), dim=0)
+        - 2 * t
+        - math.log(batch_size * (batch_size - 1))
+    )
 
 
 def hypersphere_loss(
@@ -87,7 +105,7 @@ def hypersphere_loss(
     if z_a.shape[0] < 2:
         raise ValueError(f"z_a and z_b must have batch size > 1, got {z_a.shape[0]}")
     x, y = F.normalize(z_a, dim=1), F.normalize(z_b, dim=1)
-    uniformity = 0.5 * (uniformity_loss(x, t) + uniformity_loss(y, t))
+    uniformity = 0.5 * (_unit_uniformity(x, t) + _unit_uniformity(y, t))
     return alignment_loss(x, y, alpha) + lam * uniformity
 
 

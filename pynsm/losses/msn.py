@@ -14,10 +14,9 @@ from pynsm.losses._numerics import (
     at_least_float32,
     autocast_disabled,
     check_distributed_available,
-    check_non_negative_int,
-    check_positive,
 )
 from pynsm.losses.sinkhorn import sinkhorn_log
+from pynsm.validation import check_float, check_int
 
 __all__ = [
     "MSNLoss",
@@ -56,7 +55,7 @@ def prototype_probabilities(
         >>> p.shape
         torch.Size([4, 3])
     """
-    check_positive("temperature", temperature)
+    temperature = check_float("temperature", temperature, minimum=0, strict=True)
     return F.softmax(queries @ prototypes.T / temperature, dim=1)
 
 
@@ -78,7 +77,7 @@ def sharpen(probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
         >>> sharpen(torch.tensor([[0.25, 0.75]]), 0.5)
         tensor([[0.1000, 0.9000]])
     """
-    check_positive("temperature", temperature)
+    temperature = check_float("temperature", temperature, minimum=0, strict=True)
     return F.softmax(probabilities.log() / temperature, dim=1)
 
 
@@ -107,8 +106,7 @@ def power_law_distribution(
         >>> power_law_distribution(3, 1.0)
         tensor([0.5455, 0.2727, 0.1818])
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be an integer >= 1, got {size!r}.")
+    size = check_int("size", size, minimum=1)
     k = torch.arange(1, size + 1, device=device, dtype=torch.float64)
     dist = k.pow(-float(exponent))
     return (dist / dist.sum()).to(dtype)
@@ -180,8 +178,10 @@ class MSNLoss(nn.Module):
         power_law_exponent: float = 0.25,
     ) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
-        check_non_negative_int("sinkhorn_iterations", sinkhorn_iterations)
+        temperature = check_float("temperature", temperature, minimum=0, strict=True)
+        sinkhorn_iterations = check_int(
+            "sinkhorn_iterations", sinkhorn_iterations, minimum=0
+        )
         check_distributed_available("gather_distributed", gather_distributed)
         if me_max_weight is not None:
             warnings.warn(
@@ -232,7 +232,12 @@ class MSNLoss(nn.Module):
             Scalar: mean cross entropy over all anchors plus the weighted regulariser.
         """
         _check_shapes(anchors, targets, prototypes)
-        check_positive("target_sharpen_temperature", target_sharpen_temperature)
+        target_sharpen_temperature = check_float(
+            "target_sharpen_temperature",
+            target_sharpen_temperature,
+            minimum=0,
+            strict=True,
+        )
         num_views = anchors.shape[0] // targets.shape[0]
         with autocast_disabled(anchors):
             anchors = F.normalize(at_least_float32(anchors), dim=1)

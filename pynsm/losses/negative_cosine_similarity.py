@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pynsm.validation import check_float, check_int
+
 
 def negative_cosine_similarity(
     x0: torch.Tensor, x1: torch.Tensor, dim: int = 1, eps: float = 1e-8
@@ -25,14 +27,18 @@ def negative_cosine_similarity(
         >>> round(float(negative_cosine_similarity(x, x)), 6)
         -1.0
     """
+    # the shape check rides on the call itself (torch.broadcast_shapes alone would
+    # cost as much as the whole loss at batch 256)
     try:
-        torch.broadcast_shapes(x0.shape, x1.shape)
+        similarity = F.cosine_similarity(x0, x1, dim=dim, eps=eps)
     except RuntimeError as error:
+        if x0.shape == x1.shape:
+            raise
         raise ValueError(
             f"x0 and x1 must have broadcastable shapes, got {tuple(x0.shape)} and "
             f"{tuple(x1.shape)}"
         ) from error
-    return -F.cosine_similarity(x0, x1, dim=dim, eps=eps).mean()
+    return -similarity.mean()
 
 
 class NegativeCosineSimilarity(nn.Module):
@@ -65,10 +71,8 @@ class NegativeCosineSimilarity(nn.Module):
 
     def __init__(self, dim: int = 1, eps: float = 1e-8) -> None:
         super().__init__()
-        if eps < 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
-        self.dim = dim
-        self.eps = eps
+        self.dim = check_int("dim", dim)
+        self.eps = check_float("eps", eps, minimum=0.0)
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         """Negative mean cosine similarity of ``x0`` and ``x1`` (a scalar)."""

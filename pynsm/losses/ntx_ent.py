@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from math import inf
 
 import torch
@@ -142,16 +143,19 @@ class NTXentLoss(MemoryBankModule):
 
     Args:
         temperature: Scale logits by the inverse of the temperature.
-        memory_bank_size: Number of negatives stored in the memory bank; ``0`` for
-            SimCLR, typically 4096 or 65536 for MoCo.
+        memory_bank_size: Number of negatives stored in the memory bank, or
+            ``(length, dim)`` to allocate the bank at construction (see
+            :class:`~pynsm.losses.MemoryBankModule`); ``0`` for SimCLR, typically
+            4096 or 65536 for MoCo.
         gather_distributed: If ``True``, negatives from all processes are gathered
-            (with gradients) before the loss is computed. No effect when
-            ``memory_bank_size > 0``.
+            (with gradients) before the loss is computed; with a memory bank, the
+            keys of all processes are gathered before they are added to it.
 
     Raises:
-        ValueError: if ``abs(temperature) < 1e-8`` (division by zero), if
-            ``memory_bank_size`` is negative, or if ``gather_distributed`` is set
-            but :mod:`torch.distributed` is not available.
+        TypeError: if ``memory_bank_size`` is not an int or a sequence of ints.
+        ValueError: if ``abs(temperature) < 1e-8`` (division by zero), if an entry
+            of ``memory_bank_size`` is negative, or if ``gather_distributed`` is
+            set but :mod:`torch.distributed` is not available.
 
     Shapes:
         ``out0``, ``out1``: ``[B, D]``; returns a scalar.
@@ -163,7 +167,7 @@ class NTXentLoss(MemoryBankModule):
         >>> out0, out1 = torch.randn(8, 32), torch.randn(8, 32)
         >>> loss_fn(out0, out1).shape
         torch.Size([])
-        >>> moco = NTXentLoss(memory_bank_size=64)  # bank entries are the negatives
+        >>> moco = NTXentLoss(memory_bank_size=(64, 32))  # 64 negatives of dim 32
         >>> moco(out0.requires_grad_(), out1).ndim
         0
     """
@@ -171,10 +175,10 @@ class NTXentLoss(MemoryBankModule):
     def __init__(
         self,
         temperature: float = 0.5,
-        memory_bank_size: int = 0,
+        memory_bank_size: int | Sequence[int] = 0,
         gather_distributed: bool = False,
     ) -> None:
-        super().__init__(size=memory_bank_size)
+        super().__init__(size=memory_bank_size, gather_distributed=gather_distributed)
         if abs(temperature) < 1e-8:
             raise ValueError(f"Illegal temperature: abs({temperature}) < 1e-8")
         if gather_distributed and not torch_dist.is_available():
@@ -196,7 +200,7 @@ class NTXentLoss(MemoryBankModule):
         """
         check_pair("out0", out0, "out1", out1)
         negatives = None
-        if self.size > 0:
+        if self.size[0] > 0:
             # the bank stores normalised keys, so normalise before it sees out1
             keys = F.normalize(out1, dim=1)
             _, negatives = super().forward(keys, update=out0.requires_grad)

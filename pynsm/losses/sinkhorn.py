@@ -21,7 +21,8 @@ import math
 import torch
 
 from pynsm import distributed
-from pynsm.losses._numerics import at_least_float32, check_non_negative_int
+from pynsm.losses._numerics import at_least_float32
+from pynsm.validation import check_int
 
 __all__ = ["sinkhorn_log", "sinkhorn_msn", "sinkhorn_swav"]
 
@@ -44,6 +45,78 @@ def _logsumexp_over_samples(
         lse = torch.logsumexp(parts, dim=0)
     # A prototype with zero mass everywhere stays zero instead of becoming 0 / 0.
     return torch.where(torch.isneginf(lse), torch.zeros_like(lse), lse)
+
+
+# Largest spread max - min of the (log) scores for which Sinkhorn may run on
+# exp(scores - max): every entry, and every entry after the row and column
+# rescalings (which divide by at most the matrix size), stays a normal number.
+_LINEAR_RANGE = {torch.float32: 60.0, torch.float64: 600.0}
+
+
+def _linear_shift(log_q: torch.Tensor, gather_distributed: bool) -> torch.Tensor | None:
+    """The common shift (the global maximum) when the linear path is safe, else
+    ``None``; the decision is the same on every process."""
+    bound = _LINEAR_RANGE.get(log_q.dtype)
+    if bound is None or log_q.numel() == 0:
+        return None
+    stats = torch.stack([log_q.amax(), -log_q.amin()])
+    world = distributed.world_size() if gather_distributed else 1
+    if world > 1:  # every process must take the same path (collectives follow)
+        torch.distributed.all_reduce(stats, op=torch.distributed.ReduceOp.MAX)
+    top, spread = stats[0], stats[0] + stats[1]
+    if not bool(torch.isfinite(spread)) or float(spread) > bound:
+        return None
+    return top
+
+
+def _sum_over_samples(
+    q: torch.Tensor, dim: int | tuple[int, ...], gather_distributed: bool
+) -> torch.Tensor:
+    total = q.sum(dim=dim, keepdim=True)
+    if gather_distributed and distributed.world_size() > 1:
+        distributed.all_reduce_sum(total)
+    return total
+
+
+def _sinkhorn(
+    log_scores: torch.Tensor, iterations: int, gather_distributed: bool, log: bool
+) -> torch.Tensor:
+    """Codes (``log=False``) or log-codes of :func:`sinkhorn_log`.
+
+    When the spread of the scores allows (see ``_LINEAR_RANGE``), the iterations
+    run on ``exp(scores - max)`` with plain sums: one ``exp`` instead of two
+    log-sum-exps per iteration, same result up to rounding. Otherwise (very small
+    temperatures, ``-inf`` scores) they run in log space.
+    """
+    log_q = at_least_float32(log_scores)
+    shift = _linear_shift(log_q, gather_distributed)
+    if shift is None:
+        codes = _sinkhorn_log_space(log_q, iterations, gather_distributed)
+        return codes if log else codes.exp()
+    q = (log_q - shift).exp_()
+    q /= _sum_over_samples(q, (0, 1), gather_distributed)
+    if iterations == 0:
+        world = distributed.world_size() if gather_distributed else 1
+        q *= q.shape[0] * world
+    for _ in range(iterations):
+        q /= _sum_over_samples(q, 0, gather_distributed)
+        q /= q.sum(dim=1, keepdim=True)
+    return q.log_() if log else q
+
+
+def _sinkhorn_log_space(
+    log_q: torch.Tensor, iterations: int, gather_distributed: bool
+) -> torch.Tensor:
+    log_q = log_q - _logsumexp_over_samples(log_q, (0, 1), gather_distributed)
+    if iterations == 0:
+        world = distributed.world_size() if gather_distributed else 1
+        return log_q + math.log(log_q.shape[0] * world)
+    for _ in range(iterations):
+        # Equal mass per prototype (the usual extra 1/K and 1/B factors cancel in the
+        # next rescaling, and the final multiplication by B undoes the last one).
+        log_q = log_q - _logsumexp_over_samples(log_q, 0, gather_distributed)
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+    return log_q
 
 
 @torch.no_grad()
@@ -76,22 +149,12 @@ def sinkhorn_log(
         >>> torch.allclose(codes.sum(dim=1), torch.ones(8))
         True
     """
-    check_non_negative_int("iterations", iterations)
+    iterations = check_int("iterations", iterations, minimum=0)
     if log_scores.dim() != 2:
         raise ValueError(
             f"log_scores must have shape [B, K], got {tuple(log_scores.shape)}."
         )
-    log_q = at_least_float32(log_scores)
-    log_q = log_q - _logsumexp_over_samples(log_q, (0, 1), gather_distributed)
-    if iterations == 0:
-        world = distributed.world_size() if gather_distributed else 1
-        return log_q + math.log(log_q.shape[0] * world)
-    for _ in range(iterations):
-        # Equal mass per prototype (the usual extra 1/K and 1/B factors cancel in the
-        # next rescaling, and the final multiplication by B undoes the last one).
-        log_q = log_q - _logsumexp_over_samples(log_q, 0, gather_distributed)
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
-    return log_q
+    return _sinkhorn(log_scores, iterations, gather_distributed, log=True)
 
 
 @torch.no_grad()
@@ -121,7 +184,7 @@ def sinkhorn_msn(
         >>> torch.allclose(codes.sum(dim=0), torch.full((3,), 2.0), atol=1e-4)
         True
     """
-    check_non_negative_int("iterations", iterations)
+    iterations = check_int("iterations", iterations, minimum=0)
     if iterations == 0:
         return probabilities
     return sinkhorn_log(
@@ -162,6 +225,9 @@ def sinkhorn_swav(
     """
     if not epsilon > 0:
         raise ValueError(f"epsilon must be in (0, inf), got {epsilon!r}.")
-    return sinkhorn_log(
-        at_least_float32(scores) / epsilon, iterations, gather_distributed
-    ).exp()
+    iterations = check_int("iterations", iterations, minimum=0)
+    if scores.dim() != 2:
+        raise ValueError(f"scores must have shape [B, K], got {tuple(scores.shape)}.")
+    return _sinkhorn(
+        at_least_float32(scores) / epsilon, iterations, gather_distributed, log=False
+    )

@@ -10,10 +10,9 @@ from pynsm.losses._numerics import (
     at_least_float32,
     autocast_disabled,
     check_distributed_available,
-    check_non_negative_int,
-    check_positive,
 )
 from pynsm.losses.sinkhorn import sinkhorn_swav
+from pynsm.validation import check_float, check_int
 
 __all__ = ["SwaVLoss"]
 
@@ -66,9 +65,13 @@ class SwaVLoss(nn.Module):
         sinkhorn_gather_distributed: bool = False,
     ) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
-        check_non_negative_int("sinkhorn_iterations", sinkhorn_iterations)
-        check_positive("sinkhorn_epsilon", sinkhorn_epsilon)
+        temperature = check_float("temperature", temperature, minimum=0, strict=True)
+        sinkhorn_iterations = check_int(
+            "sinkhorn_iterations", sinkhorn_iterations, minimum=0
+        )
+        sinkhorn_epsilon = check_float(
+            "sinkhorn_epsilon", sinkhorn_epsilon, minimum=0, strict=True
+        )
         check_distributed_available(
             "sinkhorn_gather_distributed", sinkhorn_gather_distributed
         )

@@ -94,14 +94,23 @@ class TiCoLoss(nn.Module):
             z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
         z_a = F.normalize(z_a, dim=1)
         z_b = F.normalize(z_b, dim=1)
-        batch_covariance = z_a.T @ z_a / z_a.shape[0]
-        if self.C.shape != batch_covariance.shape:
-            previous = torch.zeros_like(batch_covariance).detach()
-        else:
-            previous = self.C.to(batch_covariance.dtype)
-        covariance = self.beta * previous + (1 - self.beta) * batch_covariance
+        n = z_a.shape[0]
+        gram = z_a.T @ z_a  # n * batch covariance
         invariance = 1 - (z_a * z_b).sum(dim=1).mean()
-        contrast = ((z_a @ covariance) * z_a).sum(dim=1).mean()
+        # mean_i z_i C z_i^T with C = beta C_prev + (1 - beta) gram / n splits into
+        # beta <z C_prev, z> / n + (1 - beta) ||gram||_F^2 / n^2: the gradient then
+        # needs no product with the [D, D] covariance through the batch term
+        contrast = (1 - self.beta) * gram.pow(2).sum() / n**2
+        previous = None
+        if self.C.shape == gram.shape:
+            previous = self.C.to(gram.dtype)
+            if self.beta != 0:
+                weighted = ((z_a @ previous) * z_a).sum() / n
+                contrast = contrast + self.beta * weighted
         if update_covariance_matrix:
-            self.C = covariance.detach()
+            with torch.no_grad():
+                covariance = (1 - self.beta) * gram / n
+                if previous is not None:
+                    covariance = covariance + self.beta * previous
+            self.C = covariance
         return invariance + self.rho * contrast

@@ -15,6 +15,7 @@ from pynsm.losses.vicreg import (
     variance_loss,
     vicreg_loss,
 )
+from pynsm.validation import check_int
 
 ViewFeatures = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -133,9 +134,12 @@ class VICRegLLoss(nn.Module):
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         if eps < 0:
             raise ValueError(f"eps must be non-negative, got {eps}")
-        if len(num_matches) != 2 or any(
-            not isinstance(n, int) or (n < 1 and n != -1) for n in num_matches
-        ):
+        if len(num_matches) != 2:
+            raise ValueError(f"num_matches must be two ints, got {num_matches!r}")
+        num_matches = tuple(
+            check_int("num_matches", n, minimum=-1) for n in num_matches
+        )
+        if 0 in num_matches:
             raise ValueError(
                 f"num_matches must be two positive ints (or -1), got {num_matches}"
             )

@@ -5,32 +5,47 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pynsm.ssl.masking import mask_image_patches
+from pynsm.validation import check_int
+
 
 class SmallConvNet(nn.Module):
     """Three 3×3 conv blocks with batch norm, one 2×2 max-pool and global pooling.
 
     ``conv(in→w) → conv(w→2w) → maxpool → conv(2w→2w) → global average``, every conv
-    followed by batch norm and ReLU; works for any image side ≥ 2 (SwaV feeds it both
-    global and small local crops).
+    followed by batch norm and ReLU; works for any image side ≥ 2 (SwaV and MSN feed
+    it both global and small local crops).
+
+    It can also play MSN's masked anchor: ``forward(images, idx_keep)`` zeroes every
+    ``patch_size × patch_size`` patch not listed in ``idx_keep``
+    (:func:`~pynsm.ssl.masking.mask_image_patches`) before the convolutions — the
+    pixel-space form of dropping patch tokens from a vision transformer.
 
     Args:
         in_channels: Number of image channels.
         width: Channels of the first block; the output has ``2 · width`` features.
+        patch_size: Side of the patches that ``idx_keep`` refers to.
 
     Shapes:
-        ``[B, in_channels, H, W]`` → ``[B, 2 · width]``.
+        ``[B, in_channels, H, W]`` (and optionally ``idx_keep [B, K]``) →
+        ``[B, 2 · width]``.
 
     Example:
-        >>> SmallConvNet(in_channels=1, width=16)(torch.rand(3, 1, 8, 8)).shape
+        >>> net = SmallConvNet(in_channels=1, width=16)
+        >>> net(torch.rand(3, 1, 8, 8)).shape
+        torch.Size([3, 32])
+        >>> idx_keep = torch.arange(12).repeat(3, 1)  # keep 12 of the 16 2×2 patches
+        >>> net(torch.rand(3, 1, 8, 8), idx_keep=idx_keep).shape
         torch.Size([3, 32])
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 32, patch_size: int = 2) -> None:
         super().__init__()
-        for name, value in [("in_channels", in_channels), ("width", width)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        in_channels = check_int("in_channels", in_channels, minimum=1)
+        width = check_int("width", width, minimum=1)
         self.in_channels = in_channels
+        self.width = width
+        self.patch_size = check_int("patch_size", patch_size, minimum=1)
         self.output_dim = 2 * width
 
         def block(cin: int, cout: int) -> list[nn.Module]:
@@ -49,8 +64,16 @@ class SmallConvNet(nn.Module):
             nn.Flatten(1),
         )
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Features ``[B, 2 · width]`` of ``images`` ``[B, in_channels, H, W]``."""
+    def forward(self, images: Tensor, idx_keep: Tensor | None = None) -> Tensor:
+        """Features ``[B, 2 · width]`` of ``images`` ``[B, in_channels, H, W]``.
+
+        Args:
+            images: ``[B, in_channels, H, W]``.
+            idx_keep: Optional ``[B, K]`` indices of the patches to keep (row-major
+                over the ``patch_size`` grid); the others are zeroed first.
+        """
+        if idx_keep is not None:
+            images = mask_image_patches(images, idx_keep, self.patch_size)
         return self.layers(images)
 
 
@@ -65,7 +88,9 @@ def infer_feature_dim(backbone: nn.Module, in_channels: int, image_size: int) ->
     was_training = backbone.training
     backbone.eval()
     try:
-        device = next(backbone.parameters()).device
+        # a backbone without parameters or buffers runs on the CPU
+        tensors = [*backbone.parameters(), *backbone.buffers()]
+        device = tensors[0].device if tensors else torch.device("cpu")
         probe = torch.zeros(2, in_channels, image_size, image_size, device=device)
         return backbone(probe).flatten(1).shape[1]
     finally:

@@ -73,3 +73,54 @@ def random_token_mask(
     idx_keep = order[:, :num_keep].sort(dim=1).values
     idx_mask = order[:, num_keep:].sort(dim=1).values
     return idx_keep, idx_mask
+
+
+def mask_image_patches(images: Tensor, idx_keep: Tensor, patch_size: int) -> Tensor:
+    """Zero every ``patch_size × patch_size`` patch of ``images`` not in ``idx_keep``.
+
+    The pixel-space counterpart of dropping patch tokens, for backbones that see
+    whole images (e.g. :class:`~pynsm.ssl.convnet.SmallConvNet` as MSN's anchor):
+    patches are numbered row-major over the ``(H / patch_size) × (W / patch_size)``
+    grid, exactly as :class:`~pynsm.ssl.vit.MaskedVisionTransformer` numbers its
+    tokens. Masked patches become 0, the background of images scaled to ``[0, 1]``.
+
+    Args:
+        images: ``[B, C, H, W]``, ``H`` and ``W`` multiples of ``patch_size``.
+        idx_keep: ``[B, K]`` integer indices of the patches to keep.
+        patch_size: Side of a patch.
+
+    Returns:
+        ``[B, C, H, W]``: ``images`` with the other patches set to zero.
+
+    Example:
+        >>> images = torch.ones(1, 1, 4, 4)
+        >>> mask_image_patches(images, torch.tensor([[0, 3]]), patch_size=2)[0, 0]
+        tensor([[1., 1., 0., 0.],
+                [1., 1., 0., 0.],
+                [0., 0., 1., 1.],
+                [0., 0., 1., 1.]])
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
+    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    batch, _, height, width = images.shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"image sides must be multiples of patch_size={patch_size}, "
+            f"got {height}×{width}"
+        )
+    grid_h, grid_w = height // patch_size, width // patch_size
+    if idx_keep.dim() != 2 or idx_keep.shape[0] != batch:
+        raise ValueError(
+            f"idx_keep must have shape [B={batch}, K], got {tuple(idx_keep.shape)}"
+        )
+    if idx_keep.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"idx_keep must be an integer tensor, got {idx_keep.dtype}")
+    if idx_keep.numel() and (idx_keep.min() < 0 or idx_keep.max() >= grid_h * grid_w):
+        raise ValueError(f"idx_keep must hold indices in [0, {grid_h * grid_w})")
+    keep = torch.zeros(batch, grid_h * grid_w, device=images.device, dtype=images.dtype)
+    keep.scatter_(1, idx_keep.long(), 1.0)
+    keep = keep.view(batch, 1, grid_h, grid_w)
+    keep = keep.repeat_interleave(patch_size, 2).repeat_interleave(patch_size, 3)
+    return images * keep

@@ -10,7 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from pynsm.data.multicrop import MultiCrop
+from pynsm.losses.msn import MSNLoss
 from pynsm.ssl._ssl_batch import images_from_batch
+from pynsm.ssl.convnet import SmallConvNet, infer_feature_dim
 from pynsm.ssl.heads import MSNProjectionHead, MSNPrototypes
 from pynsm.ssl.masking import random_token_mask
 from pynsm.ssl.momentum import (
@@ -19,6 +21,7 @@ from pynsm.ssl.momentum import (
     update_momentum,
 )
 from pynsm.ssl.vit import MaskedVisionTransformer
+from pynsm.validation import check_choice, check_float, check_int
 
 TargetDistribution = Union[str, Callable[[Tensor], Tensor]]
 
@@ -102,40 +105,59 @@ class MSN(nn.Module):
         power_law_exponent: float = 0.25,
         target_sharpen_temperature: float = 0.25,
         gather_distributed: bool = False,
-        backbone: nn.Module | None = None,
+        backbone: nn.Module | str | None = "conv",
         criterion: nn.Module | None = None,
+        conv_width: int = 32,
+        flip_p: float = 0.0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= mask_ratio < 1.0:
+        in_channels = check_int("in_channels", in_channels, minimum=1)
+        image_size = check_int("image_size", image_size, minimum=1)
+        mask_ratio = check_float("mask_ratio", mask_ratio, minimum=0.0)
+        if not mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-        if target_sharpen_temperature <= 0:
-            raise ValueError(
-                "target_sharpen_temperature must be positive, got "
-                f"{target_sharpen_temperature!r}"
-            )
+        momentum = check_float("momentum", momentum, minimum=0.0, maximum=1.0)
+        flip_p = check_float("flip_p", flip_p, minimum=0.0, maximum=1.0)
+        target_sharpen_temperature = check_float(
+            "target_sharpen_temperature",
+            target_sharpen_temperature,
+            minimum=0.0,
+            strict=True,
+        )
         self.in_channels = in_channels
         self.image_size = image_size
         self.mask_ratio = mask_ratio
         self.momentum = momentum
         self.target_sharpen_temperature = target_sharpen_temperature
-        if not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         if patch_size is None:
             patch_size = default_patch_size(image_size)
-        if backbone is None:
-            backbone = MaskedVisionTransformer(
-                image_size=image_size,
-                patch_size=patch_size,
-                in_channels=in_channels,
-                embed_dim=embed_dim,
-                depth=depth,
-                num_heads=num_heads,
+        patch_size = check_int("patch_size", patch_size, minimum=1)
+        if backbone is None or isinstance(backbone, str):
+            kind = check_choice("backbone", backbone or "conv", ("conv", "vit"))
+            if kind == "conv":
+                if image_size % patch_size:
+                    raise ValueError(
+                        f"patch_size ({patch_size}) must divide image_size "
+                        f"({image_size})"
+                    )
+                backbone = SmallConvNet(in_channels, conv_width, patch_size)
+            else:
+                backbone = MaskedVisionTransformer(
+                    image_size=image_size,
+                    patch_size=patch_size,
+                    in_channels=in_channels,
+                    embed_dim=embed_dim,
+                    depth=depth,
+                    num_heads=num_heads,
+                )
+        elif not isinstance(backbone, nn.Module):
+            raise TypeError(
+                "backbone must be 'conv', 'vit' or an nn.Module, got "
+                f"{type(backbone).__name__}"
             )
         self.backbone = backbone
         self.patch_size = getattr(backbone, "patch_size", patch_size)
-        feature_dim = getattr(backbone, "embed_dim", embed_dim)
+        feature_dim = infer_feature_dim(backbone, in_channels, image_size)
         self.projection_head = MSNProjectionHead(
             feature_dim, projection_hidden_dim, projection_dim
         )
@@ -151,6 +173,7 @@ class MSN(nn.Module):
                 global_size=image_size,
                 local_size=focal_size,
                 num_local=num_focal_views,
+                flip_p=flip_p,
             )
         self.multicrop = multicrop
         if criterion is None:
@@ -261,9 +284,6 @@ def _default_focal_size(image_size: int, patch_size: int) -> int:
 def _make_msn_loss(
     target_distribution: TargetDistribution, power_law_exponent: float, **kwargs
 ) -> nn.Module:
-    # imported lazily so that pynsm.arch does not depend on pynsm.losses at import
-    from pynsm.losses.msn import MSNLoss
-
     return MSNLoss(
         target_distribution=target_distribution,
         power_law_exponent=power_law_exponent,

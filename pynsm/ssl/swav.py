@@ -6,10 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from pynsm.data.multicrop import MultiCrop
+from pynsm.losses.swav import SwaVLoss
 from pynsm.ssl._ssl_batch import images_from_batch
 from pynsm.ssl.convnet import SmallConvNet, infer_feature_dim
 from pynsm.ssl.heads import SwaVProjectionHead, SwaVPrototypes
 from pynsm.ssl.swav_queue import SwaVQueue
+from pynsm.validation import check_float, check_int
 
 
 class SwaV(nn.Module):
@@ -83,19 +85,19 @@ class SwaV(nn.Module):
         sinkhorn_epsilon: float = 0.05,
         sinkhorn_gather_distributed: bool = False,
         criterion: nn.Module | None = None,
+        conv_width: int = 32,
+        flip_p: float = 0.0,
     ) -> None:
         super().__init__()
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-        if not isinstance(image_size, int) or image_size < 2:
-            raise ValueError(f"image_size must be an int >= 2, got {image_size!r}")
-        if not isinstance(queue_length, int) or queue_length < 0:
-            raise ValueError(
-                f"queue_length must be a non-negative int, got {queue_length!r}"
-            )
+        in_channels = check_int("in_channels", in_channels, minimum=1)
+        image_size = check_int("image_size", image_size, minimum=2)
+        queue_length = check_int("queue_length", queue_length, minimum=0)
+        flip_p = check_float("flip_p", flip_p, minimum=0.0, maximum=1.0)
         self.in_channels = in_channels
         self.image_size = image_size
-        self.backbone = SmallConvNet(in_channels) if backbone is None else backbone
+        self.backbone = (
+            SmallConvNet(in_channels, conv_width) if backbone is None else backbone
+        )
         feature_dim = infer_feature_dim(self.backbone, in_channels, image_size)
         self.projection_head = SwaVProjectionHead(
             feature_dim, projection_hidden_dim, projection_dim
@@ -108,6 +110,7 @@ class SwaV(nn.Module):
                 global_size=image_size,
                 local_size=local_crop_size or max(2, image_size // 2),
                 num_local=num_local_crops,
+                flip_p=flip_p,
             )
         self.multicrop = multicrop
         self.queue = (
@@ -116,8 +119,6 @@ class SwaV(nn.Module):
             else None
         )
         if criterion is None:
-            from pynsm.losses.swav import SwaVLoss
-
             criterion = SwaVLoss(
                 temperature=temperature,
                 sinkhorn_iterations=sinkhorn_iterations,

@@ -7,12 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-
-def _make_memory_bank(size: int) -> nn.Module:
-    # imported lazily so that pynsm.arch does not depend on pynsm.losses at import
-    from pynsm.losses.memory_bank import MemoryBankModule
-
-    return MemoryBankModule(size=size)
+from pynsm.losses.memory_bank import MemoryBankModule
 
 
 class SwaVQueue(nn.Module):
@@ -27,8 +22,9 @@ class SwaVQueue(nn.Module):
     from a network that has already learnt something; before, it returns ``None``.
 
     The banks are :class:`pynsm.losses.MemoryBankModule` instances. Their content
-    and write positions travel in this module's ``state_dict`` (as its extra
-    state), so a checkpointed run with a queue resumes exactly where it stopped.
+    and write positions are buffers in this module's ``state_dict``, so a
+    checkpointed run with a queue resumes exactly where it stopped; a checkpoint of
+    a queue of another length or number of views is refused with a ``ValueError``.
 
     Args:
         queue_length: Number of features kept per view.
@@ -58,19 +54,32 @@ class SwaVQueue(nn.Module):
         self.queue_length = queue_length
         self.start_queue_at_epoch = start_queue_at_epoch
         self.banks = nn.ModuleList(
-            [_make_memory_bank(queue_length) for _ in range(num_queues)]
+            [MemoryBankModule(size=queue_length) for _ in range(num_queues)]
         )
 
-    def get_extra_state(self) -> dict[str, list[Tensor]]:
-        # the banks keep their own buffers out of state_dict (a cache, as the
-        # documented MemoryBankModule does); the queue saves them so resuming is exact
-        return {
-            "banks": [bank.bank.detach().clone() for bank in self.banks],
-            "pointers": [bank.bank_ptr.detach().clone() for bank in self.banks],
-        }
+    def get_extra_state(self) -> dict[str, int]:
+        # the banks save their own contents and write positions (buffers); the
+        # queue records its geometry so that a mismatched checkpoint is refused
+        # with a clear message before any bank is touched
+        return {"queue_length": self.queue_length, "num_queues": len(self.banks)}
 
-    def set_extra_state(self, state: dict[str, list[Tensor]]) -> None:
-        banks, pointers = state["banks"], state["pointers"]
+    def set_extra_state(self, state: dict[str, object]) -> None:
+        if "banks" in state:  # saved when the banks kept their contents outside
+            self._load_contents(state["banks"], state["pointers"])
+            return
+        if state["num_queues"] != len(self.banks):
+            raise ValueError(
+                f"the saved queue has {state['num_queues']} banks, "
+                f"this one {len(self.banks)}"
+            )
+        if state["queue_length"] != self.queue_length:
+            raise ValueError(
+                f"the saved queue holds {state['queue_length']} features per view, "
+                f"this one {self.queue_length}"
+            )
+
+    def _load_contents(self, banks: list[Tensor], pointers: list[Tensor]) -> None:
+        # older checkpoints: one [dim, queue_length] tensor per bank
         if len(banks) != len(self.banks) or len(pointers) != len(self.banks):
             raise ValueError(
                 f"the saved queue has {len(banks)} banks, this one {len(self.banks)}"
@@ -81,8 +90,10 @@ class SwaVQueue(nn.Module):
                     f"the saved queue holds {stored.shape[1]} features per view, "
                     f"this one {self.queue_length}"
                 )
-            bank.bank = stored.detach().clone().to(bank.bank_ptr.device)
-            bank.bank_ptr = pointer.detach().clone().to(bank.bank_ptr.device)
+            device = bank.bank_ptr.device
+            contents = stored.T if stored.numel() else stored
+            bank.bank = contents.detach().clone().to(device)
+            bank.bank_ptr = pointer.detach().clone().to(device)
 
     def is_active(self, epoch: int) -> bool:
         """Whether the queue is used by the loss at ``epoch``."""

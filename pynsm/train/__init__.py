@@ -1,18 +1,25 @@
 """Training harness: one :class:`Trainer` for circuits and self-supervised models."""
 
-from pynsm.train.checkpoint import (
+from pynsm.train.checkpoint import load_checkpoint, save_checkpoint
+from pynsm.train.errors import (
     CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
+    CheckpointInUseError,
+    TrainingDiverged,
+    TrainingInterrupted,
 )
-from pynsm.train.task import CircuitTask, TaskForward
+from pynsm.train.hooks import TaskForward, TrainingTask
+from pynsm.train.task import CircuitTask
 from pynsm.train.trainer import Trainer
 
 __all__ = [
     "Trainer",
     "CircuitTask",
+    "TrainingTask",
     "TaskForward",
     "CheckpointError",
+    "CheckpointInUseError",
+    "TrainingDiverged",
+    "TrainingInterrupted",
     "save_checkpoint",
     "load_checkpoint",
 ]

@@ -6,14 +6,14 @@ when :func:`to_lightning` is called.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from pynsm.train.task import check_task
+from pynsm.train.hooks import call_hook, check_task, step_metrics
+from pynsm.train.optim import OptimizerSpec, build_optimizer, build_scheduler
+from pynsm.validation import check_float
 
 __all__ = ["to_lightning"]
 
@@ -30,9 +30,7 @@ def _import_lightning() -> Any:
 
 def to_lightning(
     task: nn.Module,
-    optimizer: type[torch.optim.Optimizer]
-    | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-    | None = None,
+    optimizer: OptimizerSpec | None = None,
     lr: float | None = None,
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
 ) -> Any:
@@ -43,10 +41,13 @@ def to_lightning(
     ``on_train_epoch_start`` → ``on_epoch_start(epoch, max_epochs)``,
     ``on_after_backward`` → ``on_after_backward(epoch)``, and after every optimizer
     step → ``on_after_optimizer_step(step, total_steps)`` with ``total_steps`` from
-    ``trainer.estimated_stepping_batches``. ``configure_optimizers`` builds the
-    optimizer (SGD with ``lr`` 0.01 by default, or an optimizer class / callable
-    ``params -> optimizer``) and the optional scheduler. Distributed strategies
-    (``"ddp"``) work as for any LightningModule.
+    ``trainer.estimated_stepping_batches``, then ``step_metrics()``, whose values
+    are logged (per step and as epoch means, on the progress bar). The task
+    contract, the hook calls and the optimizer construction are those of
+    :class:`~pynsm.train.Trainer` (:mod:`pynsm.train.hooks`,
+    :func:`~pynsm.train.optim.build_optimizer`: SGD with ``lr`` 0.01 by default,
+    or an optimizer class / callable ``params -> optimizer``). Distributed
+    strategies (``"ddp"``) work as for any LightningModule.
 
     Args:
         task: A task (``nn.Module`` with ``training_loss``), e.g. a
@@ -79,6 +80,8 @@ def to_lightning(
     """
     lightning = _import_lightning()
     check_task(task)
+    if lr is not None:
+        lr = check_float("lr", lr, minimum=0.0, strict=True)
 
     class TaskModule(lightning.LightningModule):
         """A pynsm task trained by ``lightning.Trainer``."""
@@ -97,43 +100,33 @@ def to_lightning(
             return loss
 
         def on_train_epoch_start(self) -> None:
-            _call(
+            call_hook(
                 self.task, "on_epoch_start", self.current_epoch, self.trainer.max_epochs
             )
 
         def on_after_backward(self) -> None:
-            _call(self.task, "on_after_backward", self.current_epoch)
+            call_hook(self.task, "on_after_backward", self.current_epoch)
 
         def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
             super().optimizer_step(*args, **kwargs)
             # Lightning counts this step only after the hook returns: global_step is
             # still the 0-based index of the step just taken
-            _call(
+            call_hook(
                 self.task,
                 "on_after_optimizer_step",
                 self.global_step,
                 int(self.trainer.estimated_stepping_batches),
             )
+            for name, value in step_metrics(self.task).items():
+                self.log(name, value, on_step=True, on_epoch=True, prog_bar=True)
 
         def configure_optimizers(self) -> Any:
-            params = [p for p in self.task.parameters() if p.requires_grad]
-            if optimizer is None:
-                opt = torch.optim.SGD(params, lr=0.01 if lr is None else lr)
-            elif inspect.isclass(optimizer):
-                opt = optimizer(params) if lr is None else optimizer(params, lr=lr)
-            else:
-                opt = optimizer(params)
+            opt = build_optimizer(optimizer, self.task, lr)
             if scheduler is None:
                 return opt
-            return {"optimizer": opt, "lr_scheduler": scheduler(opt)}
+            return {"optimizer": opt, "lr_scheduler": build_scheduler(scheduler, opt)}
 
     return TaskModule()
-
-
-def _call(task: nn.Module, name: str, *args: object) -> None:
-    hook = getattr(task, name, None)
-    if callable(hook):
-        hook(*args)
 
 
 def _batch_size(batch: Any) -> int:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["get_rng_state", "set_rng_state"]
+__all__ = ["get_rng_state", "set_rng_state", "preserved_rng"]
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -60,3 +62,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block without changing any generator's state as seen after it.
+
+    Example:
+        >>> import torch
+        >>> state = torch.get_rng_state()
+        >>> with preserved_rng():
+        ...     _ = torch.rand(5)
+        >>> torch.equal(state, torch.get_rng_state())
+        True
+    """
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

@@ -2,58 +2,66 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import inspect
+import math
 import os
 import time
-from collections.abc import Iterable
-from typing import Any, Callable, Union
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset
 
-from pynsm import distributed
-from pynsm.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pynsm.train.launch import default_device, init_distributed_from_env
-from pynsm.train.rng import get_rng_state, set_rng_state
-from pynsm.train.task import TaskForward, check_task
+from pynsm.train.data import build_loader, check_not_empty, to_device
+from pynsm.train.ddp import wrap_ddp
+from pynsm.train.epoch import postfix, reduce_epoch, run_epoch_metrics
+from pynsm.train.errors import TrainingDiverged
+from pynsm.train.hooks import TaskForward, call_hook, check_task
+from pynsm.train.hooks import step_metrics as task_step_metrics
+from pynsm.train.launch import (
+    default_device,
+    env_rank,
+    env_world_size,
+    process_group_scope,
+)
+from pynsm.train.lock import checkpoint_lock
+from pynsm.train.optim import (
+    OptimizerSpec,
+    SchedulerSpec,
+    build_optimizer,
+    build_scheduler,
+)
+from pynsm.train.precision import autocast, resolve_precision
+from pynsm.train.progress import progress_bar
+from pynsm.train.resume import restore_trainer, trainer_state, write_trainer_checkpoint
+from pynsm.train.signals import SignalGuard
+from pynsm.train.state import check_metadata
+from pynsm.validation import check_bool, check_choice, check_float, check_int
 
 __all__ = ["Trainer"]
 
-OptimizerSpec = Union[
-    torch.optim.Optimizer, Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-]
-SchedulerSpec = Union[Any, Callable[[torch.optim.Optimizer], Any]]
-_PRECISIONS = ("auto", "bf16", "fp16", "off")
+_NONFINITE = ("raise", "skip")
 
 
 class Trainer:
     """Trains a *task*: any ``nn.Module`` with ``training_loss(batch) -> Tensor``.
 
-    The task contract (all hooks optional):
-
-    * ``training_loss(batch)``: scalar loss of one DataLoader batch;
-    * ``on_epoch_start(epoch, num_epochs)``: before the first batch of each epoch;
-    * ``on_after_backward(epoch)``: after the (synchronised) backward, before
-      gradient clipping and the optimizer step;
-    * ``on_after_optimizer_step(step, total_steps)``: after each optimizer step
-      (``step`` is the 0-based index of the step just taken);
-    * ``embed(x)``: features ``[B, D]`` for readouts (not used for training).
-
-    Circuits are adapted with :class:`~pynsm.train.CircuitTask`.
+    The task contract is :class:`~pynsm.train.hooks.TrainingTask`: besides
+    ``training_loss(batch)`` (scalar loss of one DataLoader batch), the optional
+    hooks ``on_epoch_start(epoch, num_epochs)``, ``on_after_backward(epoch)``,
+    ``on_after_optimizer_step(step, total_steps)``, ``step_metrics()`` and
+    ``embed(x)``. Circuits are adapted with :class:`~pynsm.train.CircuitTask`.
 
     The trainer owns device placement, the optimizer and scheduler, mixed precision
-    on CUDA (bf16, or fp16 with a gradient scaler), gradient clipping, a tqdm
-    progress bar, the per-epoch :attr:`history`, atomic checkpoints with exact
-    resume, and distributed data parallel training under ``torchrun`` (gloo on the
-    CPU, NCCL on CUDA; each process loads its share of every epoch through a
+    on CUDA (bf16, or fp16 with a gradient scaler), gradient clipping, a progress
+    bar, the per-epoch :attr:`history`, a divergence guard, atomic checksummed
+    checkpoints with exact, all-or-nothing resume, a clean stop on SIGINT/SIGTERM,
+    and distributed data parallel training under ``torchrun`` (gloo on the CPU,
+    NCCL on CUDA; each process loads its share of every epoch through a
     :class:`~torch.utils.data.DistributedSampler`; only rank 0 shows progress and
-    writes checkpoints).
+    writes checkpoints). A process group that :meth:`fit` starts, it also
+    destroys on every way out.
 
     Args:
         task: The task to train.
@@ -62,15 +70,17 @@ class Trainer:
         optimizer: An optimizer over ``task.parameters()``, an optimizer class, or a
             callable ``params -> optimizer``. Default: SGD.
         lr: Learning rate given to an optimizer class (default 0.01 for the default
-            SGD); ignored for instances and other callables.
+            SGD); finite and > 0; ignored for instances and other callables.
         scheduler: A learning-rate scheduler instance or a callable
             ``optimizer -> scheduler``.
         scheduler_interval: Step the scheduler every ``"epoch"`` or ``"step"``.
         device: Where to train (default: ``cuda:LOCAL_RANK`` if available, else CPU).
         mixed_precision: ``"auto"`` (bf16 or fp16 on CUDA, off on the CPU),
             ``"bf16"``, ``"fp16"`` (CUDA only, with a ``GradScaler``) or ``"off"``.
-        grad_clip_norm: Clip the global gradient norm to this value.
-        checkpoint_path: File for the checkpoint written after every epoch.
+        grad_clip_norm: Clip the global gradient norm to this value (> 0).
+        checkpoint_path: File for the checkpoint written after every epoch. While
+            :meth:`fit` runs, ``<checkpoint_path>.lock`` keeps a second run from
+            writing the same file.
         seed: Seed of the data order (the sampler shuffles with ``seed + epoch``).
         shuffle: Shuffle the dataset each epoch.
         drop_last: Drop the last incomplete batch.
@@ -79,6 +89,22 @@ class Trainer:
         sync_batchnorm: Convert batch norms to ``SyncBatchNorm`` when distributed
             (CUDA only: torch has no CPU kernel for it).
         find_unused_parameters: Passed to ``DistributedDataParallel``.
+        broadcast_buffers: Under DDP, copy rank 0's buffers (e.g. BatchNorm
+            statistics) to every process before each forward, except those of
+            submodules marked ``ddp_rank_local = True`` (see
+            :mod:`pynsm.train.ddp`), which stay each process's own.
+        on_nonfinite: What a NaN or infinite loss does, detected before its step
+            is applied (all processes agree): ``"raise"``
+            :class:`~pynsm.train.TrainingDiverged` (the last checkpoint is kept),
+            or ``"skip"`` the batch (counted as ``skipped_steps`` in the history;
+            an epoch in which every batch is skipped still raises).
+        epoch_metrics: ``task -> {name: number}``, called after every epoch on
+            rank 0 with the task in eval mode under ``torch.no_grad`` (the modes
+            are restored after). The values join that epoch's history entry and
+            the progress bar. The random generators are saved and restored around
+            it, so training with or without it is bit-identical.
+        checkpoint_metadata: JSON-like dict stored in every checkpoint under
+            ``"metadata"`` (e.g. what is needed to rebuild the model).
 
     Example:
         >>> import torch
@@ -88,10 +114,14 @@ class Trainer:
         >>> from pynsm.train import CircuitTask, Trainer
         >>> data = TensorDataset(torch.randn(64, 10))
         >>> task = CircuitTask(SimilarityMatching(nn.Linear(10, 4), 4))
-        >>> trainer = Trainer(task, epochs=2, batch_size=16, progress=False)
+        >>> trainer = Trainer(task, epochs=2, batch_size=16, progress=False,
+        ...                   epoch_metrics=lambda t: {"w_norm": t.circuit.encoder
+        ...                                            .weight.norm()})
         >>> history = trainer.fit(data)
         >>> [entry["epoch"] for entry in history]
         [1, 2]
+        >>> sorted(history[-1])
+        ['epoch', 'loss', 'lr', 'residual', 'seconds', 'w_norm']
     """
 
     def __init__(
@@ -115,58 +145,63 @@ class Trainer:
         progress: bool = True,
         sync_batchnorm: bool = False,
         find_unused_parameters: bool = False,
+        broadcast_buffers: bool = True,
+        on_nonfinite: str = "raise",
+        epoch_metrics: Callable[[nn.Module], Mapping[str, float]] | None = None,
+        checkpoint_metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.task = check_task(task)
-        self.epochs = _check_int("epochs", epochs, minimum=0)
-        self.batch_size = _check_int("batch_size", batch_size, minimum=1)
-        self.num_workers = _check_int("num_workers", num_workers, minimum=0)
-        self.seed = _check_int("seed", seed, minimum=None)
-        if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        if grad_clip_norm is not None and not grad_clip_norm > 0:
-            raise ValueError(f"grad_clip_norm must be positive, got {grad_clip_norm!r}")
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(
-                "scheduler_interval must be 'epoch' or 'step', got "
-                f"{scheduler_interval!r}"
+        self.epochs = check_int("epochs", epochs, minimum=0)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.seed = check_int("seed", seed, minimum=-(2**63), maximum=2**63 - 1)
+        if lr is not None:
+            lr = check_float("lr", lr, minimum=0.0, strict=True)
+        self.grad_clip_norm = (
+            None
+            if grad_clip_norm is None
+            else check_float("grad_clip_norm", grad_clip_norm, minimum=0.0, strict=True)
+        )
+        self.scheduler_interval = check_choice(
+            "scheduler_interval", scheduler_interval, ("epoch", "step")
+        )
+        self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, _NONFINITE)
+        self.shuffle = check_bool("shuffle", shuffle)
+        self.drop_last = check_bool("drop_last", drop_last)
+        self.progress = check_bool("progress", progress)
+        self.broadcast_buffers = check_bool("broadcast_buffers", broadcast_buffers)
+        self.find_unused_parameters = check_bool(
+            "find_unused_parameters", find_unused_parameters
+        )
+        sync_batchnorm = check_bool("sync_batchnorm", sync_batchnorm)
+        if epoch_metrics is not None and not callable(epoch_metrics):
+            raise TypeError(
+                "epoch_metrics must be a callable task -> {name: value}, got "
+                f"{type(epoch_metrics).__name__}"
             )
-        self.grad_clip_norm = grad_clip_norm
-        self.scheduler_interval = scheduler_interval
+        self.epoch_metrics = epoch_metrics
+        self.checkpoint_metadata = (
+            None if checkpoint_metadata is None else check_metadata(checkpoint_metadata)
+        )
         self.checkpoint_path = (
             None if checkpoint_path is None else os.fspath(checkpoint_path)
         )
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.progress = progress
 
-        self._owns_process_group = init_distributed_from_env()
-        self.world_size = distributed.world_size()
-        self.rank = distributed.rank()
+        self.world_size = env_world_size()
+        self.rank = env_rank()
         self.device = torch.device(device) if device is not None else default_device()
-        self.precision = _resolve_precision(mixed_precision, self.device)
-
+        self.precision = resolve_precision(mixed_precision, self.device)
         if sync_batchnorm and self.world_size > 1:
             if self.device.type != "cuda":
                 # torch's SyncBatchNorm has no CPU kernel
                 raise ValueError("sync_batchnorm=True needs CUDA devices")
             self.task = nn.SyncBatchNorm.convert_sync_batchnorm(self.task)
         self.task.to(self.device)
-        self.optimizer = _make_optimizer(optimizer, self.task, lr)
-        self.scheduler = (
-            scheduler(self.optimizer)
-            if callable(scheduler) and not hasattr(scheduler, "state_dict")
-            else scheduler
-        )
+        self.optimizer = build_optimizer(optimizer, self.task, lr)
+        self.scheduler = build_scheduler(scheduler, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        forward = TaskForward(self.task)
-        if self.world_size > 1:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            forward = DistributedDataParallel(
-                forward,
-                device_ids=device_ids,
-                find_unused_parameters=find_unused_parameters,
-            )
-        self._forward = forward
+        self._forward: nn.Module = TaskForward(self.task)
+        self._buffer_sync: Callable[[], None] | None = None
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -193,22 +228,45 @@ class Trainer:
         Returns:
             :attr:`history`: one dict per completed epoch with ``epoch`` (1-based),
             ``loss`` (mean training loss over the epoch and all processes),
-            ``seconds`` and ``lr``.
+            ``seconds``, ``lr``, the epoch means of the task's ``step_metrics()``,
+            the ``epoch_metrics`` values, and ``skipped_steps`` with
+            ``on_nonfinite="skip"``.
 
         Raises:
+            ValueError: ``data`` is empty (no batch to train on).
             FileNotFoundError: ``resume`` asks for a checkpoint that does not exist.
-            CheckpointError: the checkpoint is corrupt, foreign, or does not fit.
+            CheckpointError: the checkpoint is corrupt, foreign, or does not fit
+                (nothing is changed then).
+            CheckpointInUseError: another run is writing :attr:`checkpoint_path`.
+            TrainingDiverged: the loss became non-finite (``on_nonfinite="raise"``).
+            TrainingInterrupted: SIGINT or SIGTERM arrived; any checkpoint write
+                finished first.
         """
+        check_not_empty(data)
         if resume:
-            path = self.checkpoint_path if resume is True else os.fspath(resume)
-            if path is None:
+            resume_path = self.checkpoint_path if resume is True else os.fspath(resume)
+            if resume_path is None:
                 raise ValueError("resume=True needs a checkpoint_path")
-            self.load_checkpoint(path)
-        loader = self._loader(data)
+        guard = SignalGuard()
+        with guard, process_group_scope() as created:
+            try:
+                self.world_size, self.rank = env_world_size(), env_rank()
+                with checkpoint_lock(self.checkpoint_path, self.rank, self.world_size):
+                    self._wrap_for_distributed()
+                    if resume:
+                        with guard.critical():  # a restore is not cut in half
+                            self.load_checkpoint(resume_path)
+                    self._run(self._loader(data), guard)
+            finally:
+                if created:  # the wrapper holds the group about to be destroyed
+                    self._forward, self._buffer_sync = TaskForward(self.task), None
+        return self.history
+
+    def _run(self, loader: DataLoader, guard: SignalGuard) -> None:
         steps_per_epoch = len(loader)
         total_steps = self.epochs * steps_per_epoch
         remaining = max(self.epochs - self.epoch, 0) * steps_per_epoch
-        bar = tqdm(
+        bar = progress_bar(
             total=remaining,
             disable=not (self.progress and self.rank == 0),
             desc="train",
@@ -219,59 +277,85 @@ class Trainer:
             for epoch in range(self.epoch, self.epochs):
                 self._train_epoch(loader, epoch, total_steps, bar)
                 if self.checkpoint_path is not None:
-                    self.save_checkpoint(self.checkpoint_path)
+                    with guard.critical():  # a signal waits for the write to end
+                        self.save_checkpoint(self.checkpoint_path)
         finally:
             bar.close()
-        return self.history
 
     def _train_epoch(
-        self, loader: DataLoader, epoch: int, total_steps: int, bar: tqdm
+        self, loader: DataLoader, epoch: int, total_steps: int, bar: Any
     ) -> None:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        _call_hook(self.task, "on_epoch_start", epoch, self.epochs)
+        call_hook(self.task, "on_epoch_start", epoch, self.epochs)
         self.task.train()
         start = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        batches = 0
-        for batch in loader:
-            loss = self._train_step(_to_device(batch, self.device), epoch)
-            _call_hook(self.task, "on_after_optimizer_step", self.step - 1, total_steps)
+        sums: dict[str, Any] = {}
+        batches = skipped = 0
+        for index, batch in enumerate(loader):
+            loss = self._train_step(to_device(batch, self.device), epoch, index)
+            bar.update(1)
+            if loss is None:
+                skipped += 1
+                continue
+            call_hook(self.task, "on_after_optimizer_step", self.step - 1, total_steps)
             loss_sum += loss.detach().double()
             batches += 1
-            bar.update(1)
+            for key, value in task_step_metrics(self.task).items():
+                sums[key] = sums.get(key, 0.0) + value
             if batches % 10 == 1:  # an .item() syncs with the GPU: not every step
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
+                shown = {k: v / batches for k, v in sums.items()}
+                bar.set_postfix(epoch=epoch + 1, **postfix({"loss": loss, **shown}))
         if self.scheduler is not None and self.scheduler_interval == "epoch":
             self.scheduler.step()
-        totals = torch.stack(
-            [loss_sum, torch.tensor(float(batches), device=self.device).double()]
+        mean_loss, count, total_skipped, means = reduce_epoch(
+            loss_sum, batches, skipped, sums, self.device
         )
-        distributed.all_reduce_sum(totals)
-        mean_loss = (totals[0] / totals[1].clamp_min(1)).item()
+        if count == 0:
+            raise TrainingDiverged(
+                f"training diverged: every batch of epoch {epoch + 1} had a "
+                "non-finite loss and was skipped",
+                epoch=epoch,
+                step=self.step,
+                checkpoint_path=self.checkpoint_path,
+            )
+        entry = {
+            "epoch": epoch + 1,
+            "loss": mean_loss,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+        }
+        if self.on_nonfinite == "skip":
+            entry["skipped_steps"] = total_skipped
+        entry.update(means)
+        entry["seconds"] = time.perf_counter() - start
+        entry.update(
+            run_epoch_metrics(self.epoch_metrics, self.task, self.rank, self.world_size)
+        )
         self.epoch = epoch + 1
-        self.history.append(
-            {
-                "epoch": self.epoch,
-                "loss": mean_loss,
-                "seconds": time.perf_counter() - start,
-                "lr": float(self.optimizer.param_groups[0]["lr"]),
-            }
-        )
-        bar.set_postfix(epoch=self.epoch, loss=f"{mean_loss:.4g}")
+        self.history.append(entry)
+        bar.set_postfix(postfix({k: v for k, v in entry.items() if k != "seconds"}))
 
-    def _train_step(self, batch: object, epoch: int) -> Tensor:
-        with self._autocast():
+    def _train_step(self, batch: object, epoch: int, index: int) -> Tensor | None:
+        if self._buffer_sync is not None:
+            self._buffer_sync()
+        with autocast(self.precision, self.device):
             loss = self._forward(batch)
-        if not isinstance(loss, Tensor) or loss.dim() != 0:
-            raise TypeError("training_loss(batch) must return a scalar tensor")
+        if not self._all_finite(loss):
+            if self.on_nonfinite == "raise":
+                raise self._diverged(loss, epoch, index)
+            if self.world_size > 1:
+                # DDP's reducer expects the backward of every forward it ran
+                loss.backward()
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:
             loss.backward()
-        _call_hook(self.task, "on_after_backward", epoch)
+        call_hook(self.task, "on_after_backward", epoch)
         if self.grad_clip_norm is not None:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -286,35 +370,52 @@ class Trainer:
         self.step += 1
         return loss
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "off":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+    def _all_finite(self, loss: Tensor) -> bool:
+        """Whether the loss is finite on every process (all of them agree)."""
+        flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        if self.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _diverged(self, loss: Tensor, epoch: int, index: int) -> TrainingDiverged:
+        value = loss.detach().float().item()
+        what = (
+            f"the loss is {value}"
+            if not math.isfinite(value)
+            else "the loss is not finite on another process"
+        )
+        kept = ""
+        path = self.checkpoint_path
+        if path is not None and os.path.isfile(path):
+            kept = f"; the last checkpoint ({path}, epoch {self.epoch}) is kept"
+        return TrainingDiverged(
+            f"training diverged: {what} at epoch {epoch + 1}, batch {index + 1} "
+            f"(after {self.step} optimizer steps); the step was not applied{kept}",
+            epoch=epoch,
+            step=self.step,
+            checkpoint_path=self.checkpoint_path,
+        )
+
+    def _wrap_for_distributed(self) -> None:
+        if self.world_size <= 1 or not dist.is_initialized():
+            return
+        if isinstance(self._forward, TaskForward):
+            self._forward, self._buffer_sync = wrap_ddp(
+                self._forward,
+                self.task,
+                self.device,
+                broadcast_buffers=self.broadcast_buffers,
+                find_unused_parameters=self.find_unused_parameters,
+            )
 
     def _loader(self, data: Dataset | DataLoader) -> DataLoader:
-        if isinstance(data, DataLoader):
-            return data
-        if not isinstance(data, Dataset):
-            raise TypeError(
-                f"data must be a Dataset or a DataLoader, got {type(data).__name__}"
-            )
-        if len(data) == 0:  # type: ignore[arg-type]
-            raise ValueError("data is an empty dataset")
-        # a DistributedSampler also on one process: its order depends only on
-        # (seed, epoch), which is what makes resuming exact
-        sampler = DistributedSampler(
+        return build_loader(
             data,
-            num_replicas=self.world_size,
+            batch_size=self.batch_size,
+            world_size=self.world_size,
             rank=self.rank,
             shuffle=self.shuffle,
             seed=self.seed,
-            drop_last=self.drop_last,
-        )
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=sampler,
             drop_last=self.drop_last,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
@@ -323,123 +424,26 @@ class Trainer:
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training (this process's RNG only)."""
-        return {
-            "model": self.task.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": None
-            if self.scheduler is None
-            else self.scheduler.state_dict(),
-            "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "epochs": self.epochs,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "history": [dict(entry) for entry in self.history],
-            "rng": [get_rng_state()],
-        }
+        return trainer_state(self)
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` atomically (rank 0 writes; all ranks' RNG kept)."""
-        state = self.state_dict()
-        if self.world_size > 1:
-            states: list[Any] = [None] * self.world_size
-            dist.all_gather_object(states, state["rng"][0])
-            state["rng"] = states
-        if self.rank == 0:
-            save_checkpoint(state, path)
-        if self.world_size > 1:
-            dist.barrier()  # nobody moves on before the file exists
+        """Write :meth:`state_dict` atomically (rank 0 writes; every rank's RNG and
+        rank-local state are kept, see :mod:`pynsm.train.ddp`)."""
+        write_trainer_checkpoint(self, path)
 
-    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Restore the state written by :meth:`save_checkpoint`."""
-        state = load_checkpoint(path, map_location=self.device)
-        missing = {"model", "optimizer", "epoch", "step", "rng"} - set(state)
-        if missing:
-            raise CheckpointError(
-                f"{os.fspath(path)!r} lacks training state: {sorted(missing)}"
-            )
-        # a checkpoint that fits the model but not the optimizer must not leave
-        # the model half-restored
-        model_before = copy.deepcopy(self.task.state_dict())
-        try:
-            self.task.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None and state.get("scheduler") is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-            if self.scaler is not None and state.get("scaler") is not None:
-                self.scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            self.task.load_state_dict(model_before)
-            first_line = str(exc).strip().splitlines()[0]
-            raise CheckpointError(
-                f"{os.fspath(path)!r} does not fit this model/optimizer: {first_line}"
-            ) from exc
-        self.epoch = int(state["epoch"])
-        self.step = int(state["step"])
-        self.history = [dict(entry) for entry in state.get("history", [])]
-        rng_states = state["rng"]
-        set_rng_state(
-            rng_states[self.rank] if len(rng_states) > self.rank else rng_states[0]
-        )
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Restore the state written by :meth:`save_checkpoint`, whole or not at all.
 
+        Every part (model, optimizer class and state, scheduler, scaler, epoch,
+        step, history, RNG, metadata) is checked before anything is applied; if a
+        part still fails while applying, everything is put back.
 
-def _make_optimizer(
-    spec: OptimizerSpec | None, task: nn.Module, lr: float | None
-) -> torch.optim.Optimizer:
-    params = [p for p in task.parameters() if p.requires_grad]
-    if spec is None:
-        return torch.optim.SGD(params, lr=0.01 if lr is None else lr)
-    if isinstance(spec, torch.optim.Optimizer):
-        return spec
-    if inspect.isclass(spec) and issubclass(spec, torch.optim.Optimizer):
-        return spec(params) if lr is None else spec(params, lr=lr)
-    if callable(spec):
-        optimizer = spec(params)
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError("optimizer callable must return a torch.optim.Optimizer")
-        return optimizer
-    raise TypeError(
-        "optimizer must be a torch.optim.Optimizer, an optimizer class or a callable "
-        f"params -> optimizer, got {type(spec).__name__}"
-    )
+        Returns:
+            The loaded checkpoint dict (with ``"metadata"``).
 
-
-def _resolve_precision(value: str | bool | None, device: torch.device) -> str:
-    if value is None or value is False:
-        return "off"
-    if value is True:
-        value = "auto"
-    if value not in _PRECISIONS:
-        raise ValueError(f"mixed_precision must be one of {_PRECISIONS}, got {value!r}")
-    if value == "auto":
-        if device.type != "cuda":
-            return "off"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if value == "fp16" and device.type != "cuda":
-        raise ValueError("mixed_precision='fp16' needs a CUDA device")
-    return value
-
-
-def _check_int(name: str, value: object, minimum: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _call_hook(task: nn.Module, name: str, *args: object) -> None:
-    hook = getattr(task, name, None)
-    if callable(hook):
-        hook(*args)
-
-
-def _to_device(batch: object, device: torch.device) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(item, device) for item in batch)
-    if isinstance(batch, dict):
-        return {key: _to_device(item, device) for key, item in batch.items()}
-    return batch
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            CheckpointError: a one-line reason; model, optimizer and trainer are
+                unchanged.
+        """
+        return restore_trainer(self, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -280,3 +281,125 @@ def test_cuda_matches_cpu(tol):
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-4, atol=1e-5)
     circuit.loss(x.cuda(), labels.cuda(), y_gpu).backward()
     assert circuit.competitor.weight.grad.is_cuda
+
+
+@pytest.mark.parametrize(
+    "integer", [np.int64(3), np.int32(3), np.uint8(3), torch.tensor(3)]
+)
+def test_integral_scalars_are_accepted(integer):
+    circuit = pynsm.SupervisedSimilarityMatching(
+        nn.Linear(4, 3),
+        num_classes=integer + 1,
+        out_channels=integer,
+        max_iterations=integer + 2,
+    )
+    assert (circuit.num_classes, circuit.out_channels, circuit.max_iterations) == (
+        4,
+        3,
+        5,
+    )
+    assert all(
+        type(v) is int
+        for v in (circuit.num_classes, circuit.out_channels, circuit.max_iterations)
+    )
+    circuit(torch.randn(2, 4), torch.eye(4)[:2])
+    assert circuit.iteration_idx == 4
+    multi = pynsm.MultiSimilarityMatching([nn.Linear(4, 3)], integer)
+    assert multi.out_channels == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"max_iterations": "5"}, TypeError, "max_iterations"),
+        ({"max_iterations": True}, TypeError, "max_iterations"),
+        ({"max_iterations": np.float64(5)}, TypeError, "max_iterations"),
+        ({"out_channels": 3.0}, TypeError, "out_channels"),
+        ({"out_channels": 0}, ValueError, "out_channels"),
+        ({"num_classes": True}, TypeError, "num_classes"),
+        ({"num_classes": np.int64(0)}, ValueError, "num_classes"),
+        ({"tau": [0.1]}, TypeError, "tau"),
+        ({"tau": float("nan")}, ValueError, "tau"),
+        ({"tol": None}, TypeError, "tol"),
+        ({"tol": float("inf")}, ValueError, "tol"),
+        ({"iteration_lr": "fast"}, TypeError, "iteration_lr"),
+        ({"iteration_lr": 0.0}, ValueError, "iteration_lr"),
+        ({"iteration_lr": float("inf")}, ValueError, "iteration_lr"),
+        ({"label_bias": 1}, TypeError, "label_bias"),
+        ({"regularization": None}, TypeError, "regularization"),
+        ({"regularization": ("weight", "l1")}, ValueError, "regularization"),
+        ({"it_optim_kwargs": [("lr", 1.0)]}, TypeError, "it_optim_kwargs"),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs, error, name):
+    arguments = {"encoder": nn.Linear(4, 3), "num_classes": 2, "out_channels": 3}
+    arguments.update(kwargs)
+    with pytest.raises(error, match=name):
+        pynsm.SupervisedSimilarityMatching(**arguments)
+
+
+def test_a_single_module_is_not_a_list_of_encoders():
+    with pytest.raises(TypeError, match=r"encoders .*\[encoder\]"):
+        pynsm.MultiSimilarityMatching(nn.Sequential(nn.Linear(4, 3)), 3)
+    with pytest.raises(TypeError, match="encoders"):
+        pynsm.MultiSimilarityMatching(3, 3)
+    circuit = pynsm.MultiSimilarityMatching(nn.ModuleList([nn.Linear(4, 3)]), 3)
+    assert circuit(torch.randn(2, 4)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"tol": 1e-3}, {"iteration_optimizer": torch.optim.Adam, "tol": 1e-3}],
+)
+def test_empty_batch_gives_empty_output_on_one_or_two_threads(conv, kwargs):
+    encoder = nn.Conv2d(1, 4, 3) if conv else nn.Linear(6, 4)
+    circuit = pynsm.SimilarityMatching(
+        encoder, 4, iteration_projection=torch.relu, **kwargs
+    )
+    x = torch.randn((0, 1, 8, 8) if conv else (0, 6))
+    expected_shape = (0, 4, 6, 6) if conv else (0, 4)
+    threads = torch.get_num_threads()
+    outcomes = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y = circuit(x)
+            outcomes.append((tuple(y.shape), circuit.iteration_idx))
+    finally:
+        torch.set_num_threads(threads)
+    # nothing moves in an empty batch: with a tolerance, converged at iteration 1
+    expected_idx = 1 if kwargs.get("tol") else 39
+    assert outcomes == [(expected_shape, expected_idx)] * 2
+    with pytest.raises(ValueError, match="at least one sample"):
+        circuit.loss(x, torch.zeros(expected_shape))
+
+
+@pytest.mark.parametrize("general", [False, True])
+def test_images_smaller_than_the_kernel(general):
+    kwargs = {"iteration_optimizer": torch.optim.Adam} if general else {}
+    circuit = pynsm.SimilarityMatching(nn.Conv2d(1, 4, 3), 4, **kwargs)
+    x = torch.randn(5, 1, 2, 2)
+    message = r"input 0 has shape \(5, 1, 2, 2\).*\(3, 3\).*kernel_size=\(3, 3\)"
+    with pytest.raises(ValueError, match=message):
+        circuit(x)
+    with pytest.raises(ValueError, match=message):
+        circuit.loss(x, torch.zeros(5, 4, 1, 1))
+    assert circuit(torch.randn(5, 1, 3, 3)).shape == (5, 4, 1, 1)  # just fits
+
+
+def test_kernel_check_counts_padding_dilation_and_sequential_encoders():
+    encoder = nn.Sequential(nn.Conv2d(1, 4, 5, padding=1, dilation=2), nn.ReLU())
+    circuit = pynsm.SimilarityMatching(encoder, 4)
+    # needs 2 * (5 - 1) + 1 - 2 * 1 = 7 pixels
+    with pytest.raises(ValueError, match=r"\(7, 7\).*dilation=\(2, 2\)"):
+        circuit(torch.randn(2, 1, 6, 9))
+    assert circuit(torch.randn(2, 1, 7, 7)).shape == (2, 4, 1, 1)
+    same = pynsm.SimilarityMatching(nn.Conv2d(1, 4, 3, padding="same"), 4)
+    assert same(torch.randn(2, 1, 2, 2)).shape == (2, 4, 2, 2)
+    valid = pynsm.SimilarityMatching(nn.Conv1d(1, 4, 3, padding="valid"), 4)
+    with pytest.raises(ValueError, match=r"input 0 has shape \(2, 1, 2\)"):
+        valid(torch.randn(2, 1, 2))
+    supervised = pynsm.SupervisedSimilarityMatching(nn.Conv2d(1, 4, 3), 3, 4)
+    with pytest.raises(ValueError, match="input 0 has shape"):
+        supervised(torch.randn(2, 1, 2, 2), torch.eye(3)[:2])

@@ -21,7 +21,7 @@ def _relu_circuit(encoder, out, **kwargs):
 
 
 class GeneralPath(pynsm.SimilarityMatching):
-    """Overriding a lifecycle method sends forward() to the general path."""
+    """Overriding a lifecycle method sends forward() to the general strategy."""
 
     def iteration(self, *args):
         super().iteration(*args)
@@ -108,7 +108,7 @@ def test_fast_path_equals_general_path(conv, kwargs):
     general = GeneralPath(copy.deepcopy(encoder), 5, **kwargs)
     set_competitor(fast, random_spd(5))
     general.load_state_dict(fast.state_dict())
-    assert fast._fast_path_applies() and not general._fast_path_applies()
+    assert fast.uses_fused_iteration() and not general.uses_fused_iteration()
     x = torch.randn((4, 2, 6, 6) if conv else (7, 8))
     y_fast, y_general = fast(x), general(x)
     torch.testing.assert_close(y_fast, y_general, rtol=1e-5, atol=1e-6)

@@ -124,3 +124,22 @@ def test_errors(monkeypatch):
         DCLLoss(gather_distributed=True)
     with pytest.raises(ValueError, match="gather_distributed"):
         DCLWLoss(gather_distributed=True)
+
+
+@pytest.mark.parametrize("batch_size", [2, 7, 64])
+@pytest.mark.parametrize("make", [DCLLoss, DCLWLoss])
+@pytest.mark.parametrize("temperature", [0.1, 0.005])
+def test_bitwise_symmetric_in_the_two_views(batch_size, make, temperature):
+    generator = torch.Generator().manual_seed(batch_size)
+    out0 = torch.randn(batch_size, 33, generator=generator)
+    out1 = torch.randn(batch_size, 33, generator=generator)
+    loss_fn = make(temperature=temperature)
+    forward, swapped = loss_fn(out0, out1), loss_fn(out1, out0)
+    assert torch.equal(forward, swapped), (forward - swapped).item()
+    # the gradients swap with the views, too
+    a0, a1 = out0.clone().requires_grad_(), out1.clone().requires_grad_()
+    loss_fn(a0, a1).backward()
+    b0, b1 = out0.clone().requires_grad_(), out1.clone().requires_grad_()
+    loss_fn(b1, b0).backward()
+    torch.testing.assert_close(a0.grad, b0.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a1.grad, b1.grad, rtol=1e-5, atol=1e-5)

@@ -61,7 +61,7 @@ def test_simclr_value_and_gradients_match_formula(temperature):
 def test_defaults():
     loss = NTXentLoss()
     assert loss.temperature == 0.5
-    assert loss.size == 0 and loss.gather_distributed is False
+    assert loss.size == (0,) and loss.gather_distributed is False
     out0, out1 = torch.randn(4, 3), torch.randn(4, 3)
     torch.testing.assert_close(
         loss(out0, out1), simclr_reference(out0, out1, 0.5).float()
@@ -74,7 +74,7 @@ def test_memory_bank_entries_are_the_negatives():
     out0 = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     out1 = torch.randn(4, 5, dtype=torch.float64)
     loss(out0, out1)  # fills 4 entries with normalised out1 (out0 requires grad)
-    bank_before = loss.bank.clone()
+    bank_before = loss.bank.T.clone()  # stored [size, dim]; reference wants columns
     new0 = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     new1 = torch.randn(4, 5, dtype=torch.float64)
     value = loss(new0, new1)
@@ -102,9 +102,9 @@ def test_memory_bank_stores_normalised_keys_fifo_and_only_with_grad():
         loss(query.clone().requires_grad_(), key)
     normalised = [k / k.norm(dim=1, keepdim=True) for k in keys]
     # 12 keys through a ring of 6: key0 -> 0..3, key1 -> 4, 5, 0, 1, key2 -> 2..5
-    expected = torch.empty(3, 6, dtype=torch.float64)
-    expected[:, 0:2] = normalised[1][2:].T
-    expected[:, 2:6] = normalised[2].T
+    expected = torch.empty(6, 3, dtype=torch.float64)
+    expected[0:2] = normalised[1][2:]
+    expected[2:6] = normalised[2]
     torch.testing.assert_close(loss.bank, expected)
     assert int(loss.bank_ptr) == 0
 

@@ -18,7 +18,7 @@ def digits():
 
 def _msn(cls=MSN, **kwargs):
     return cls(
-        embed_dim=32, projection_hidden_dim=32, projection_dim=16, n_prototypes=16,
+        conv_width=16, projection_hidden_dim=32, projection_dim=16, n_prototypes=16,
         num_focal_views=2, **kwargs,
     )
 
@@ -108,7 +108,7 @@ def test_msn_feeds_view_major_anchors_to_the_loss(digits):
                         prototypes=prototypes, sharpen=target_sharpen_temperature)
             return anchors.sum() * 0
 
-    model = MSN(embed_dim=32, projection_dim=16, n_prototypes=12, num_focal_views=3,
+    model = MSN(conv_width=8, projection_dim=16, n_prototypes=12, num_focal_views=3,
                 target_sharpen_temperature=0.3, criterion=Recorder())
     model.training_loss(digits[:8])
     assert seen["anchors"] == (8 * (1 + 3), 16) and seen["targets"] == (8, 16)
@@ -169,7 +169,7 @@ def test_swav_uses_the_queue_from_the_start_epoch(digits):
         model.training_loss(digits)
     assert calls == [None, [(48, 10), (48, 10)], [(48, 10), (48, 10)]]
     # the queue holds the last normalised global features (32 per call, FIFO)
-    stored = model.queue.banks[0].bank.T
+    stored = model.queue.banks[0].bank  # [queue_length, dim]
     torch.testing.assert_close(stored.norm(dim=1), torch.ones(48))
 
 
@@ -200,11 +200,12 @@ def test_embed_shapes(digits):
 
 
 @pytest.mark.parametrize("size, channels", [(12, 3), (28, 1), (7, 2)])
-def test_models_on_other_image_sizes(size, channels):
+@pytest.mark.parametrize("backbone", ["conv", "vit"])
+def test_models_on_other_image_sizes(size, channels, backbone):
     images = torch.rand(6, channels, size, size)
     msn = MSN(in_channels=channels, image_size=size, embed_dim=16, num_heads=2,
-              projection_hidden_dim=16, projection_dim=8, n_prototypes=8,
-              num_focal_views=1)
+              conv_width=8, backbone=backbone, projection_hidden_dim=16,
+              projection_dim=8, n_prototypes=8, num_focal_views=1)
     assert size % msn.patch_size == 0
     assert torch.isfinite(msn.training_loss(images))
     assert msn.embed(images).shape == (6, 16)

@@ -1,11 +1,12 @@
-"""Two gloo processes train exactly like one process on the combined batch."""
+"""Two gloo processes: the same step as one process; each keeps its own queue."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from dist_utils import run_distributed
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from pynsm.arch import SupervisedSimilarityMatching
 from pynsm.train import CircuitTask, Trainer
@@ -34,17 +35,34 @@ def _train(task, data, batch_size):
     return trainer.world_size, history[0]["loss"]
 
 
-def _worker(rank, world_size):
+def _step_worker(rank, world_size):
     task, data = _setup()
     world, loss = _train(task, data, batch_size=4)  # 4 per process = 8 in all
     return world, loss, {k: v.clone() for k, v in task.state_dict().items()}
 
 
-def test_two_process_step_equals_one_process_step():
+def _worker(rank, world_size, folder):
+    # one start-up of the processes for every case here: starting them is the
+    # slow part of these tests
+    return {
+        "step": _step_worker(rank, world_size),
+        "queue": {
+            mark: _queue_run(rank, mark, f"{folder}/{mark}") for mark in (True, False)
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ddp")
+    return run_distributed(_worker, 2, str(folder))
+
+
+def test_two_process_step_equals_one_process_step(two_processes):
     task, data = _setup()
     _, single_loss = _train(task, data, batch_size=8)  # one step on all 8 samples
     single = task.state_dict()
-    results = run_distributed(_worker, 2)
+    results = [by_case["step"] for by_case in two_processes]
     for world, loss, state in results:
         assert world == 2
         assert abs(loss - single_loss) < 1e-5  # mean of the two halves' losses
@@ -56,3 +74,71 @@ def test_two_process_step_equals_one_process_step():
         fresh.state_dict()["circuit.encoders.0.weight"],
         single["circuit.encoders.0.weight"],
     )
+
+
+# ------------------------------------------------------- per-process SwaV queues
+class _QueueTask(nn.Module):
+    """Features of rank-specific data go into a SwaV queue; a buffer is shared."""
+
+    def __init__(self, mark_rank_local: bool) -> None:
+        super().__init__()
+        from pynsm.ssl.swav_queue import SwaVQueue
+
+        self.linear = nn.Linear(3, 5)
+        self.queue = SwaVQueue(queue_length=8, num_queues=2)
+        if mark_rank_local:
+            self.queue.ddp_rank_local = True
+        self.register_buffer("shared", torch.zeros(1))
+        self.enqueued: list[torch.Tensor] = []
+        self.shared_seen: list[float] = []
+
+    def training_loss(self, batch):
+        self.shared_seen.append(float(self.shared))  # what the sync left here
+        self.shared += 1 + 10 * torch.distributed.get_rank()
+        features = self.linear(batch[0])
+        self.queue([features, 2 * features], epoch=0)
+        self.enqueued.append(features.detach().clone())
+        return features.pow(2).mean()
+
+
+def _queue_content(task):
+    """What each view's queue holds, ``[length, dim]``, read through its public call
+    (a push of one more row, after the content was read)."""
+    probe = [torch.zeros(1, 5), torch.zeros(1, 5)]
+    return task.queue(probe, epoch=10**6)
+
+
+def _queue_run(rank, mark, folder):
+    torch.manual_seed(0)
+    task = _QueueTask(mark)
+    g = torch.Generator().manual_seed(100 + rank)  # each process its own data
+    data = DataLoader(TensorDataset(torch.randn(8, 3, generator=g)), batch_size=4)
+    trainer = Trainer(
+        task, epochs=1, progress=False, checkpoint_path=f"{folder}/last.pt"
+    )
+    trainer.fit(data)
+    # a fresh process state resumes each rank's own queue
+    torch.manual_seed(1)
+    fresh = _QueueTask(mark)
+    Trainer(fresh, epochs=1, progress=False).load_checkpoint(f"{folder}/last.pt")
+    content = _queue_content(task)
+    return content, torch.cat(task.enqueued), task.shared_seen, _queue_content(fresh)
+
+
+def test_each_process_keeps_its_own_queue(two_processes):
+    both = [by_case["queue"] for by_case in two_processes]
+    results = [by_mark[True] for by_mark in both]
+    for banks, enqueued, _, restored in results:
+        # 2 steps x 4 rows fill the 8 slots: the queue is exactly what was pushed
+        torch.testing.assert_close(banks[0], enqueued, rtol=0, atol=0)
+        torch.testing.assert_close(banks[1], 2 * enqueued, rtol=0, atol=0)
+        for bank, back in zip(banks, restored):
+            assert torch.equal(bank, back)
+    assert not torch.equal(results[0][0][0], results[1][0][0])
+    # the other buffers are still rank 0's at every forward
+    assert results[0][2] == [0.0, 1.0] and results[1][2] == [0.0, 1.0]
+
+    # without the mark, DDP's buffer broadcast gives every process rank 0's queue
+    (bank0, _, _, _), (bank1, enqueued1, _, _) = [m[False] for m in both]
+    assert not torch.equal(bank1[0], enqueued1)  # rank 1 lost its own features
+    assert torch.equal(bank1[0][:4], bank0[0][:4])  # rank 0's first push

@@ -107,3 +107,14 @@ def test_swav_through_lightning_calls_the_hooks():
         not torch.equal(a, b)
         for a, b in zip(backbone_before, model.backbone.parameters())
     )
+
+
+def test_lightning_shares_validation_and_logs_step_metrics():
+    with pytest.raises(ValueError, match="lr"):
+        to_lightning(CircuitTask(SimilarityMatching(nn.Linear(6, 3), 3)), lr=-1.0)
+    torch.manual_seed(0)
+    module = to_lightning(CircuitTask(SimilarityMatching(nn.Linear(6, 3), 3)))
+    loader = DataLoader(TensorDataset(torch.randn(16, 6)), batch_size=8)
+    trainer = _fit(module, loader, max_steps=2)
+    assert "residual" in trainer.callback_metrics  # CircuitTask.step_metrics()
+    assert float(trainer.callback_metrics["residual"]) >= 0

@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from pynsm.ssl.swav import SwaV
 from pynsm.data import load_digits
 from pynsm.eval import extract_embeddings, knn_accuracy
+from pynsm.ssl import SwaV
 from pynsm.train import Trainer
 from pynsm.train.launch import init_distributed_from_env
 

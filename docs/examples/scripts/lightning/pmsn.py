@@ -17,9 +17,9 @@ import lightning
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from pynsm.ssl.msn import PMSN
 from pynsm.data import load_digits
 from pynsm.eval import extract_embeddings, knn_accuracy
+from pynsm.ssl import PMSN
 from pynsm.train.lightning import to_lightning
 
 

@@ -17,9 +17,9 @@ import lightning
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from pynsm.ssl.swav import SwaV
 from pynsm.data import load_digits
 from pynsm.eval import extract_embeddings, knn_accuracy
+from pynsm.ssl import SwaV
 from pynsm.train.lightning import to_lightning
 
 

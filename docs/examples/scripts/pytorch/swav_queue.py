@@ -13,9 +13,9 @@ import argparse
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from pynsm.ssl.swav import SwaV
 from pynsm.data import load_digits
 from pynsm.eval import extract_embeddings, knn_accuracy
+from pynsm.ssl import SwaV
 
 
 def main(argv: list[str] | None = None) -> float:
