@@ -115,6 +115,8 @@ def check_float(
     """
     if isinstance(value, bool) or _is_bool_array(value):
         raise TypeError(f"{name} must be a number, got bool {value!r}")
+    if isinstance(value, (str, bytes)):  # float("0.1") would accept text
+        raise TypeError(f"{name} must be a number, got str {value!r}")
     if not isinstance(value, numbers.Real):
         try:  # 0-d tensors and NumPy scalars
             value = float(value)

@@ -40,6 +40,10 @@ class SwaVQueue(nn.Module):
         [(8, 16), (8, 16)]
     """
 
+    #: Each process keeps its own queue (as in SwaV): the Trainer leaves modules
+    #: marked this way out of DistributedDataParallel's buffer broadcast.
+    ddp_rank_local = True
+
     def __init__(
         self, queue_length: int, num_queues: int = 2, start_queue_at_epoch: int = 0
     ) -> None:
