@@ -25,18 +25,45 @@ PACKAGE = ROOT / "pynsm"
 # --------------------------------------------------------------------------- run time
 
 
-def _loaded_after(code: str) -> set[str]:
-    """Modules in ``sys.modules`` after running ``code`` in a fresh interpreter."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return set(json.loads(result.stdout.splitlines()[-1]))
+# What each probe runs in a fresh interpreter; all are started at once (each pays
+# for its own ``import torch``), then every test reads its answer.
+PROBES = {
+    "pynsm": "import pynsm",
+    "pynsm+circuit": "import pynsm; pynsm.SimilarityMatching",
+    **{
+        name: f"import {name}"
+        for name in (
+            "pynsm.losses",
+            "pynsm.arch",
+            "pynsm.ssl",
+            "pynsm.train",
+            "pynsm.eval",
+            "pynsm.data",
+        )
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def loaded_after() -> dict[str, set[str]]:
+    """Probe name -> modules in ``sys.modules`` after its code ran."""
+    report = "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", code + report],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, code in PROBES.items()
+    }
+    answers = {}
+    for name, process in running.items():
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{PROBES[name]!r} failed:\n{err}"
+        answers[name] = set(json.loads(out.splitlines()[-1]))
+    return answers
 
 
 def _within(modules: set[str], *packages: str) -> set[str]:
@@ -45,26 +72,47 @@ def _within(modules: set[str], *packages: str) -> set[str]:
     }
 
 
-def test_import_losses_loads_no_model_harness_or_sklearn() -> None:
-    loaded = _loaded_after("import pynsm.losses")
+def test_import_losses_loads_no_model_harness_or_sklearn(loaded_after) -> None:
+    loaded = loaded_after["pynsm.losses"]
     assert "pynsm.losses" in loaded
     assert not _within(
         loaded, "pynsm.arch", "pynsm.ssl", "pynsm.train", "pynsm.eval", "sklearn"
     )
 
 
-def test_import_arch_loads_neither_harness_nor_losses_nor_ssl() -> None:
-    loaded = _loaded_after("import pynsm.arch")
+def test_import_arch_loads_neither_harness_nor_losses_nor_ssl(loaded_after) -> None:
+    loaded = loaded_after["pynsm.arch"]
     assert "pynsm.arch" in loaded
     assert not _within(loaded, "pynsm.train", "pynsm.losses", "pynsm.ssl")
 
 
-def test_import_pynsm_loads_nothing_until_an_attribute_is_used() -> None:
-    assert _within(_loaded_after("import pynsm"), "pynsm") == {"pynsm"}
+def test_import_pynsm_loads_nothing_until_an_attribute_is_used(loaded_after) -> None:
+    assert _within(loaded_after["pynsm"], "pynsm") == {"pynsm"}
     # a circuit brings the circuits, and nothing of the SSL or training stack
-    loaded = _within(_loaded_after("import pynsm; pynsm.SimilarityMatching"), "pynsm")
+    loaded = _within(loaded_after["pynsm+circuit"], "pynsm")
     assert "pynsm.arch.similarity" in loaded
     assert not _within(loaded, "pynsm.ssl", "pynsm.train", "pynsm.losses")
+
+
+@pytest.mark.parametrize(
+    ("package", "not_loaded"),
+    [
+        ("pynsm.ssl", ("pynsm.arch", "pynsm.train", "pynsm.eval", "pynsm.cli")),
+        (
+            "pynsm.train",
+            ("pynsm.arch", "pynsm.ssl", "pynsm.losses", "pynsm.cli", "lightning"),
+        ),
+        ("pynsm.eval", ("pynsm.arch", "pynsm.ssl", "pynsm.losses", "pynsm.train")),
+        ("pynsm.data", ("pynsm.arch", "pynsm.ssl", "pynsm.losses", "pynsm.train")),
+    ],
+)
+def test_each_package_loads_only_what_it_depends_on(
+    loaded_after, package: str, not_loaded: tuple[str, ...]
+) -> None:
+    # scikit-learn is optional everywhere: only the calls that need it import it
+    loaded = loaded_after[package]
+    assert package in loaded
+    assert not _within(loaded, *not_loaded, "sklearn")
 
 
 def test_the_root_package_still_exports_its_names() -> None:

@@ -133,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and write train_features, train_labels, test_features and test_labels "
         "(float32 / int64 arrays, no pickles) for the same split.",
     )
-    embed.add_argument(
-        "--checkpoint-dir", required=True, help="folder holding last.pt"
-    )
+    embed.add_argument("--checkpoint-dir", required=True, help="folder holding last.pt")
     embed.add_argument("--out", required=True, help="the .npz file to write")
     _add_data_flags(embed, None)
     embed.add_argument(

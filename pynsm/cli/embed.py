@@ -21,8 +21,13 @@ import torch
 from pynsm.cli import evaluate
 from pynsm.cli.args import RunError, check_output_file, fail
 from pynsm.cli.recipes import MODELS
-from pynsm.cli.setup import build_model, check_dataset, cpu_threads, load_dataset
-from pynsm.cli.setup import resolve_device
+from pynsm.cli.setup import (
+    build_model,
+    check_dataset,
+    cpu_threads,
+    load_dataset,
+    resolve_device,
+)
 
 __all__ = ["run"]
 
@@ -58,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             first = str(exc).strip().splitlines()[0]
             fail(f"{path} does not fit --model {name} as built now: {first}")
         task.to(device)
-        arrays = _features(task, train_set, test_set)
+        arrays = _features(task, train_set, test_set, args.batch_size)
     _save(args.out, arrays)
     print(
         f"pynsm embed: {name} features of {len(train_set)} train / {len(test_set)} "
@@ -88,10 +93,12 @@ def _load(path: str) -> dict[str, Any]:
     return state
 
 
-def _features(task: torch.nn.Module, train_set: Any, test_set: Any) -> dict[str, Any]:
+def _features(
+    task: torch.nn.Module, train_set: Any, test_set: Any, batch_size: int
+) -> dict[str, Any]:
     arrays = {}
     for split, data in (("train", train_set), ("test", test_set)):
-        features, labels = evaluate.embed(task, data)
+        features, labels = evaluate.embed(task, data, batch_size)
         arrays[f"{split}_features"] = features.numpy().astype(np.float32, copy=False)
         arrays[f"{split}_labels"] = labels.numpy().astype(np.int64, copy=False)
     return arrays

@@ -137,6 +137,7 @@ def _swav(channels: int, side: int, classes: int) -> nn.Module:
     return SwaV(in_channels=channels, image_size=side, queue_length=0)
 
 
+#: The recipe of every ``--model``, by name.
 MODELS: dict[str, ModelSpec] = {
     # circuits run 40 tiny inner iterations per batch: thread start-up costs more
     # than it saves (measured 6x faster on one thread on a busy 2-core machine)

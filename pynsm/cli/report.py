@@ -56,8 +56,11 @@ def closing_text(result: Mapping[str, Any]) -> str:
         )
     )
     rows.append(
-        ("kNN (k=20)", ["pixel_knn_accuracy", "random_init_knn_accuracy",
-                        "knn_accuracy"], None)
+        (
+            "kNN (k=20)",
+            ["pixel_knn_accuracy", "random_init_knn_accuracy", "knn_accuracy"],
+            None,
+        )
     )
     if result.get("circuit_accuracy") is not None:
         rows.append(("circuit's own prediction", ["", "", "circuit_accuracy"], None))

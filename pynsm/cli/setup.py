@@ -113,7 +113,11 @@ def cpu_threads(spec: ModelSpec, device: torch.device) -> Iterator[None]:
     """
     before = torch.get_num_threads()
     wanted = spec.cpu_threads
-    if device.type == "cpu" and wanted is not None and "OMP_NUM_THREADS" not in os.environ:
+    if (
+        device.type == "cpu"
+        and wanted is not None
+        and "OMP_NUM_THREADS" not in os.environ
+    ):
         torch.set_num_threads(wanted)
     try:
         yield

@@ -20,7 +20,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from pynsm.cli import evaluate
-from pynsm.cli.args import RunError, UsageError, check_output_file, fail, probe_directory
+from pynsm.cli.args import (
+    RunError,
+    UsageError,
+    check_output_file,
+    fail,
+    probe_directory,
+)
 from pynsm.cli.recipes import MODELS, ModelSpec
 from pynsm.cli.report import closing_text, write_json
 from pynsm.cli.setup import (
@@ -141,9 +147,11 @@ def fit(the_plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, f
     try:
         history = trainer.fit(the_plan.train_set, resume=args.resume)
     except TrainingDiverged as exc:
-        kept = f"; the last good checkpoint is {exc.checkpoint_path}" if (
-            exc.checkpoint_path and os.path.exists(exc.checkpoint_path)
-        ) else ""
+        kept = (
+            f"; the last good checkpoint is {exc.checkpoint_path}"
+            if (exc.checkpoint_path and os.path.exists(exc.checkpoint_path))
+            else ""
+        )
         raise RunError(f"training diverged: {exc}{kept}") from exc
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
@@ -274,7 +282,9 @@ def _check_resume_fits(
         fail(str(exc))
     model = metadata.get("model")
     if model is not None and model != args.model:
-        fail(f"--resume: {checkpoint} was trained with --model {model}, not {args.model}")
+        fail(
+            f"--resume: {checkpoint} was trained with --model {model}, not {args.model}"
+        )
     shape = metadata.get("image_shape")
     here = [info.channels, info.height, info.width]
     if shape is not None and list(shape) != here:

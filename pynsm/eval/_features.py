@@ -35,8 +35,10 @@ def check_features(
                 f"{name}_labels must have shape [{len(features)}], got "
                 f"{tuple(labels.shape)}"
             )
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == (
-            torch.bool
+        if (
+            labels.is_floating_point()
+            or labels.is_complex()
+            or labels.dtype == (torch.bool)
         ):
             raise TypeError(f"{name}_labels must be integers, got {labels.dtype}")
         if features.is_complex():

@@ -110,8 +110,12 @@ class _Sink:
         label = label.detach().cpu()
         rows = len(output)
         if self.outputs is None and self.length is not None and not self.pieces:
-            self.outputs = torch.empty((self.length, *output.shape[1:]), dtype=output.dtype)
-            self.labels = torch.empty((self.length, *label.shape[1:]), dtype=label.dtype)
+            self.outputs = torch.empty(
+                (self.length, *output.shape[1:]), dtype=output.dtype
+            )
+            self.labels = torch.empty(
+                (self.length, *label.shape[1:]), dtype=label.dtype
+            )
         fits = (
             self.outputs is not None
             and self.labels is not None
@@ -127,7 +131,9 @@ class _Sink:
             self.filled += rows
             return
         if self.outputs is not None and self.labels is not None:  # not what we expected
-            self.pieces.append((self.outputs[: self.filled], self.labels[: self.filled]))
+            self.pieces.append(
+                (self.outputs[: self.filled], self.labels[: self.filled])
+            )
             self.outputs = self.labels = None
         self.pieces.append((output, label))
 
@@ -139,7 +145,9 @@ class _Sink:
                 output=self.outputs[: self.filled], label=self.labels[: self.filled]
             )
         if self.outputs is not None and self.labels is not None:
-            self.pieces.insert(0, (self.outputs[: self.filled], self.labels[: self.filled]))
+            self.pieces.insert(
+                0, (self.outputs[: self.filled], self.labels[: self.filled])
+            )
         if not self.pieces:
             raise ValueError("loader yielded no batches")
         return SimpleNamespace(

@@ -4,10 +4,8 @@ The objective is scikit-learn's ``LogisticRegression(C=C)`` (L2 penalty, interce
 not penalised), divided by ``C * N`` so that its scale does not grow with the
 number of samples:
 
-.. math::
-
-    \\min_{W, b}\\; \\frac{1}{N} \\sum_i -\\log \\operatorname{softmax}(W^\\top x_i + b)_{y_i}
-    + \\frac{1}{2 C N} \\lVert W \\rVert^2 .
+    minimise over W [D, K], b [K]:
+        (1/N) sum_i -log softmax(W^T x_i + b)[y_i]  +  ||W||^2 / (2 C N)
 
 It is convex, so full-batch L-BFGS with a strong-Wolfe line search reaches the
 same optimum as scikit-learn's solver; the work per iteration is two

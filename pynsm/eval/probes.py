@@ -168,7 +168,9 @@ def fewshot_probe_accuracy(
         accuracies = []
         for draw in range(draws):
             rng = np.random.default_rng(seed + draw)
-            chosen = np.concatenate([rng.choice(m, size=k, replace=False) for m in members])
+            chosen = np.concatenate(
+                [rng.choice(m, size=k, replace=False) for m in members]
+            )
             index = torch.from_numpy(chosen)
             weight, bias = _fit(
                 train_x[index], train_y[index], len(classes), C, max_iter, solver
@@ -201,11 +203,29 @@ def _encode(train_y: Tensor, test_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _fit(
     x: Tensor, y: Tensor, num_classes: int, C: float, max_iter: int | None, solver: str
 ) -> tuple[Tensor, Tensor]:
+    if len(x) >= x.shape[1]:
+        return _fit_direct(x, y, num_classes, C, max_iter, solver)
+    # Fewer samples than features (every k-shot fit): the L2-penalised weights
+    # lie in the span of the samples. With the thin SVD x = U S V^T, W = V B and
+    # ||W|| = ||B||, so fitting B on the n-dimensional features U S is the same
+    # problem, exactly, with n instead of D columns: milliseconds, not seconds.
+    u, singular, vh = torch.linalg.svd(x.double(), full_matrices=False)
+    weight, bias = _fit_direct(
+        (u * singular).to(x.dtype), y, num_classes, C, max_iter, solver
+    )
+    return (vh.T.to(x.dtype) @ weight), bias
+
+
+def _fit_direct(
+    x: Tensor, y: Tensor, num_classes: int, C: float, max_iter: int | None, solver: str
+) -> tuple[Tensor, Tensor]:
     if solver == "auto":
         small = len(x) <= SKLEARN_MAX_SAMPLES and x.numel() <= SKLEARN_MAX_VALUES
         solver = "sklearn" if small and _have_sklearn() else "torch"
     if solver == "torch":
-        iterations = 100 if max_iter is None else check_int("max_iter", max_iter, minimum=1)
+        iterations = (
+            100 if max_iter is None else check_int("max_iter", max_iter, minimum=1)
+        )
         return fit_logistic_regression(x, y, num_classes, C=C, max_iter=iterations)
     try:
         from sklearn.linear_model import LogisticRegression
@@ -213,7 +233,9 @@ def _fit(
         raise ImportError(
             "solver='sklearn' needs scikit-learn: pip install 'pynsm[data]'"
         ) from exc
-    iterations = 2000 if max_iter is None else check_int("max_iter", max_iter, minimum=1)
+    iterations = (
+        2000 if max_iter is None else check_int("max_iter", max_iter, minimum=1)
+    )
     model = LogisticRegression(C=C, max_iter=iterations)
     model.fit(x.double().numpy(), y.numpy())
     coef = torch.from_numpy(model.coef_).to(x.dtype)

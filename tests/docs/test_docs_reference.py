@@ -220,18 +220,3 @@ def test_no_sphinx_role_is_printed_as_text(site: Path) -> None:
         prose = re.sub(r"<pre\b.*?</pre>", "", page.read_text("utf-8"), flags=re.S)
         offenders += [f"{page.parent.relative_to(site)}" for _ in role.findall(prose)]
     assert not offenders, sorted(set(offenders))
-
-
-def test_roles_out_of_context_link_full_paths_only() -> None:
-    sys.path.insert(0, str(ROOT / "docs"))
-    try:
-        from griffe_roles import roles_to_markdown
-    finally:
-        sys.path.remove(str(ROOT / "docs"))
-    text = roles_to_markdown(
-        "See :class:`~pynsm.train.Trainer`, :func:`fit()` and :mod:`torch.distributed`."
-    )
-    assert text == (
-        'See <autoref identifier="pynsm.train.Trainer" optional><code>Trainer</code>'
-        "</autoref>, `fit()` and `torch.distributed`."
-    )

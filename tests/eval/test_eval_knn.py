@@ -23,7 +23,10 @@ def test_knn_accuracy_weighted_vote_by_hand():
     assert w0 > w1  # so with k=3 the weighted vote still says 0
     assert knn_accuracy(train, train_y, far, torch.tensor([0]), k=3) == 1.0
     # a large temperature makes the vote a plain majority: class 1 wins
-    assert knn_accuracy(train, train_y, far, torch.tensor([1]), k=3, temperature=1e3) == 1.0
+    assert (
+        knn_accuracy(train, train_y, far, torch.tensor([1]), k=3, temperature=1e3)
+        == 1.0
+    )
     with pytest.raises(ValueError, match="k must"):
         knn_accuracy(train, train_y, test, torch.tensor([1]), k=0)
     with pytest.raises(ValueError, match="temperature"):

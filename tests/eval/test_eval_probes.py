@@ -10,8 +10,8 @@ from pynsm.eval import (
     fewshot_probe_accuracy,
     fit_logistic_regression,
     linear_probe_accuracy,
+    probes,
 )
-from pynsm.eval import probes
 
 sklearn = pytest.importorskip("sklearn")
 
@@ -19,7 +19,9 @@ sklearn = pytest.importorskip("sklearn")
 def _clusters(n=400, classes=4, dim=16, spread=10.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
-    x = spread * torch.randn(classes, dim, generator=g)[y] + torch.randn(n, dim, generator=g)
+    x = spread * torch.randn(classes, dim, generator=g)[y] + torch.randn(
+        n, dim, generator=g
+    )
     return x, y
 
 
@@ -65,9 +67,14 @@ def test_fewshot_protocol_equals_the_recipe_written_out():
         for draw in range(4):
             rng = np.random.default_rng(5 + draw)
             chosen = np.concatenate(
-                [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c in range(4)]
+                [
+                    rng.choice(np.flatnonzero(labels == c), k, replace=False)
+                    for c in range(4)
+                ]
             )
-            model = LogisticRegression(C=1.0, max_iter=2000).fit(a[chosen], labels[chosen])
+            model = LogisticRegression(C=1.0, max_iter=2000).fit(
+                a[chosen], labels[chosen]
+            )
             scores.append(model.score(b, test_y.numpy()))
         assert result[k] == pytest.approx(np.mean(scores), abs=1e-9)
     assert result[1] != result[3]
@@ -106,7 +113,9 @@ def test_torch_solver_reaches_the_sklearn_optimum():
     x, y = _clusters(n=300, classes=3, dim=6, spread=0.8, seed=4)
     x = x.double()
     weight, bias = fit_logistic_regression(x, y, 3, C=0.5, max_iter=500, tol=1e-10)
-    model = LogisticRegression(C=0.5, tol=1e-10, max_iter=5000).fit(x.numpy(), y.numpy())
+    model = LogisticRegression(C=0.5, tol=1e-10, max_iter=5000).fit(
+        x.numpy(), y.numpy()
+    )
     # softmax weights are defined up to a shift shared by all classes
     ours = torch.cat([weight.T, bias[:, None]], 1)
     theirs = torch.from_numpy(np.c_[model.coef_, model.intercept_])

@@ -21,7 +21,8 @@ def _peer(version, name):
 
 
 def _close(a, b, rel=1e-5):
-    assert abs(float(a) - float(b)) <= rel * abs(float(b)) + 1e-6, (float(a), float(b))
+    a, b = float(a.detach()), float(b.detach())
+    assert abs(a - b) <= rel * abs(b) + 1e-6, (a, b)
 
 
 @pytest.mark.parametrize("feature_dim_first", [True, False])

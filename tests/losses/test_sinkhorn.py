@@ -112,3 +112,32 @@ def test_no_gradient_flows():
 def test_errors_name_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("iterations", [0, 1, 3])
+def test_linear_and_log_space_paths_agree(dtype, iterations):
+    from pynsm.losses.sinkhorn import _sinkhorn, _sinkhorn_log_space
+
+    # scores spread over 40 nats: the linear path is taken; it must give the
+    # log-space result up to rounding, in either output form
+    scores = torch.rand(32, 16, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    log_scores = 40 * scores - 7
+    expected = _sinkhorn_log_space(log_scores, iterations, False)
+    linear = _sinkhorn(log_scores, iterations, False, log=False)
+    torch.testing.assert_close(linear.log(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        _sinkhorn(log_scores, iterations, False, log=True),
+        expected,
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # beyond the safe spread (or with -inf entries) the log-space path runs
+    wide = log_scores * 100
+    torch.testing.assert_close(
+        _sinkhorn(wide, iterations, False, log=True),
+        _sinkhorn_log_space(wide, iterations, False),
+    )
+    log_scores[0, 0] = -torch.inf
+    codes = _sinkhorn(log_scores, iterations, False, log=False)
+    assert codes[0, 0] == 0 and torch.isfinite(codes).all()

@@ -74,3 +74,32 @@ def test_requires_grad_switches():
     assert not any(p.requires_grad for p in net.parameters())
     activate_requires_grad(net)
     assert all(p.requires_grad for p in net.parameters())
+
+
+def test_warmup_cosine_warms_up_linearly_then_decays_to_zero():
+    from pynsm.ssl.momentum import warmup_cosine
+
+    total, warmup = 50, 10
+    factors = [warmup_cosine(s, total, warmup) for s in range(total + 5)]
+    # linear warm-up reaching exactly 1 at its last step
+    assert factors[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    assert factors[warmup] == pytest.approx(1.0)
+    decay = factors[warmup:total]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    # half-way through the decay the cosine is at one half
+    assert warmup_cosine(warmup + (total - warmup) // 2, total, warmup) == pytest.approx(
+        0.5
+    )
+    assert factors[total:] == [0.0] * 5
+    assert warmup_cosine(0, 10) == 1.0
+
+
+def test_warmup_cosine_checks_its_arguments():
+    from pynsm.ssl.momentum import warmup_cosine
+
+    with pytest.raises(ValueError, match="warmup_steps"):
+        warmup_cosine(0, 10, 11)
+    with pytest.raises(ValueError, match="total_steps"):
+        warmup_cosine(0, 0)
+    with pytest.raises(TypeError, match="step"):
+        warmup_cosine(0.5, 10)

@@ -162,3 +162,19 @@ def test_integral_numpy_and_tensor_arguments_are_accepted():
     )
     assert (trainer.epochs, trainer.batch_size, trainer.seed) == (1, 4, 3)
     assert type(trainer.epochs) is int
+
+
+def test_non_finite_weights_are_never_written_over_the_last_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    task = NaNAt()
+
+    def blow_up(step, total_steps):
+        if step == 7:  # the last step of epoch 2: its loss was finite
+            task.w.data.fill_(float("inf"))
+
+    task.on_after_optimizer_step = blow_up
+    trainer = _trainer(task, checkpoint_path=path)
+    with pytest.raises(TrainingDiverged, match="'w' is not finite after epoch 2"):
+        trainer.fit(_data())
+    saved = load_checkpoint(path)
+    assert saved["epoch"] == 1 and torch.isfinite(saved["model"]["w"]).all()
