@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -151,7 +152,6 @@ def test_numeric_and_other_arguments_are_validated(kwargs, error, match):
 
 
 def test_integral_numpy_and_tensor_arguments_are_accepted():
-    np = pytest.importorskip("numpy")
     trainer = Trainer(
         NaNAt(),
         epochs=np.int64(1),

@@ -8,6 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pynsm.arch import SimilarityMatching
+from pynsm.losses import SwaVLoss
+from pynsm.ssl import SwaV
 from pynsm.train import CircuitTask
 
 lightning = pytest.importorskip("lightning")
@@ -45,38 +47,13 @@ def test_circuit_through_lightning_matches_manual_sgd():
         torch.testing.assert_close(task.state_dict()[key], value)
 
 
-class _SwaVLossStandIn(nn.Module):
-    """Swapped prediction with softmax codes (used until pynsm.losses.swav exists)."""
-
-    def forward(self, high, low, queue=None):
-        views = list(high) + list(low)
-        loss = 0.0
-        for i, scores in enumerate(high):
-            codes = (scores.detach() / 0.05).softmax(dim=1)
-            for j, other in enumerate(views):
-                if j != i:
-                    loss = (
-                        loss - (codes * (other / 0.1).log_softmax(dim=1)).sum(1).mean()
-                    )
-        return loss / (len(high) * (len(views) - 1))
-
-
-def _swav_criterion():
-    try:
-        from pynsm.losses.swav import SwaVLoss
-    except ImportError:
-        return _SwaVLossStandIn()
-    return SwaVLoss()
-
-
 def test_swav_through_lightning_calls_the_hooks():
-    swav_module = pytest.importorskip("pynsm.ssl.swav")
     torch.manual_seed(0)
-    model = swav_module.SwaV(
+    model = SwaV(
         in_channels=1,
         image_size=8,
         n_epochs_frozen_prototypes=1,
-        criterion=_swav_criterion(),
+        criterion=SwaVLoss(),
     )
     steps = []
     original = model.on_after_optimizer_step
