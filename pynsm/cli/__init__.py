@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         with _sigterm_raises():
-            args = parse_args(argv)
+            try:
+                args = parse_args(argv)
+            except SystemExit as exc:  # --help and --version: argparse exits
+                return exc.code if isinstance(exc.code, int) else 0
             if args.command == "embed":
                 from pynsm.cli import embed
 

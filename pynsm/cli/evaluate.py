@@ -96,6 +96,7 @@ def pixel_readouts(
     return {
         "fewshot": {str(k): v for k, v in fewshot.items()},
         "linear": linear_probe_accuracy(*train, *test, C=probe_c),
+        "knn": knn_accuracy(*_rows(train, KNN_TRAIN), *_rows(test, KNN_TEST)),
     }
 
 

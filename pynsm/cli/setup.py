@@ -17,7 +17,14 @@ from pynsm.cli.args import fail
 from pynsm.cli.recipes import ModelSpec
 from pynsm.data import ImageDatasetInfo, check_image_dataset
 
-__all__ = ["load_dataset", "resolve_device", "build_model", "cpu_threads", "SPLIT"]
+__all__ = [
+    "SPLIT",
+    "load_dataset",
+    "check_dataset",
+    "resolve_device",
+    "build_model",
+    "cpu_threads",
+]
 
 #: The train/test split of every dataset (recorded in checkpoints for ``embed``).
 SPLIT = {"test_fraction": 0.25, "seed": 0}

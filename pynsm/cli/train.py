@@ -1,8 +1,9 @@
 """``pynsm train``: check everything, train, read the features out, report.
 
-The steps, each a short function: :func:`plan` validates the flags, the dataset
-and the output paths and builds the model (nothing is trained or written if any
-check fails); :func:`fit` trains with :class:`pynsm.train.Trainer` (also under
+The steps, each a short function: :func:`make_plan` validates the flags, the dataset
+and the checkpoint to resume, the model is built and tried on two images, and
+:func:`check_outputs` probes the output paths (nothing is trained or written if
+any check fails); :func:`fit` trains with :class:`pynsm.train.Trainer` (also under
 ``torchrun``); :func:`evaluate_run` reads out the features; :func:`report`
 prints the closing table and writes the JSON file.
 """
@@ -65,24 +66,25 @@ def run(args: argparse.Namespace) -> int:
     spec = MODELS[args.model]
     device = resolve_device(args.device)
     with cpu_threads(spec, device):
-        the_plan = plan(args, spec, device)
+        plan = make_plan(args, spec, device)
         torch.manual_seed(args.seed)
         task = build_model(
-            args.model, spec, the_plan.info, the_plan.train_set.tensors[0][:2]
+            args.model, spec, plan.info, plan.train_set.tensors[0][:2]
         ).to(device)
+        check_outputs(args)  # last: folders are created only once all else passed
         result: dict[str, Any] = {"eval_seconds": 0.0}
-        if the_plan.rank == 0:  # the same readouts before training: what it adds
-            _timed(result, lambda: _record_baselines(result, the_plan, task))
-        history, train_seconds, metric_seconds = fit(the_plan, task)
-        if the_plan.rank != 0:
+        if plan.rank == 0:  # the same readouts before training: what it adds
+            _timed(result, lambda: _record_baselines(result, plan, task))
+        history, train_seconds, metric_seconds = fit(plan, task)
+        if plan.rank != 0:
             return 0
         result["eval_seconds"] += metric_seconds
-        _timed(result, lambda: evaluate_run(result, the_plan, task))
-        report(result, the_plan, history, train_seconds)
+        _timed(result, lambda: evaluate_run(result, plan, task))
+        report(result, plan, history, train_seconds)
     return 0
 
 
-def plan(args: argparse.Namespace, spec: ModelSpec, device: torch.device) -> Plan:
+def make_plan(args: argparse.Namespace, spec: ModelSpec, device: torch.device) -> Plan:
     """Check flags, checkpoint, dataset and output paths, in that order."""
     checkpoint = _check_resume(args)
     train_set, test_set = load_dataset(args.dataset)
@@ -93,10 +95,6 @@ def plan(args: argparse.Namespace, spec: ModelSpec, device: torch.device) -> Pla
     batch_size = args.batch_size or spec.batch_size
     if batch_size < world:
         fail(f"--batch-size {batch_size} is smaller than the {world} processes")
-    if args.json_path:
-        check_output_file("--json", args.json_path)
-    if args.checkpoint_dir:
-        probe_directory("--checkpoint-dir", args.checkpoint_dir)
     return Plan(
         args=args,
         spec=spec,
@@ -113,13 +111,21 @@ def plan(args: argparse.Namespace, spec: ModelSpec, device: torch.device) -> Pla
     )
 
 
-def fit(the_plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float]:
+def check_outputs(args: argparse.Namespace) -> None:
+    """Probe ``--json`` and ``--checkpoint-dir`` for writing (creating folders)."""
+    if args.json_path:
+        check_output_file("--json", args.json_path)
+    if args.checkpoint_dir:
+        probe_directory("--checkpoint-dir", args.checkpoint_dir)
+
+
+def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float]:
     """Train; returns the history, training seconds and per-epoch metric seconds."""
     from pynsm.train import CheckpointError, Trainer, TrainingDiverged
 
-    args, spec = the_plan.args, the_plan.spec
+    args, spec = plan.args, plan.spec
     metric_seconds = [0.0]
-    knn = evaluate.epoch_knn(the_plan.train_set, the_plan.test_set)
+    knn = evaluate.epoch_knn(plan.train_set, plan.test_set)
 
     def epoch_metrics(model: nn.Module) -> dict[str, float]:
         start = time.perf_counter()
@@ -127,25 +133,25 @@ def fit(the_plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, f
         metric_seconds[0] += time.perf_counter() - start
         return values
 
-    torch.manual_seed(args.seed + the_plan.rank)  # augmentations differ by process
+    torch.manual_seed(args.seed + plan.rank)  # augmentations differ by process
     trainer = Trainer(
         task,
-        epochs=the_plan.epochs,
-        batch_size=max(the_plan.batch_size // the_plan.world, 1),
-        optimizer=_optimizer(spec, the_plan.lr),
-        scheduler=_scheduler(spec, the_plan),
+        epochs=plan.epochs,
+        batch_size=max(plan.batch_size // plan.world, 1),
+        optimizer=_optimizer(spec, plan.lr),
+        scheduler=_scheduler(spec, plan),
         scheduler_interval="step",
         grad_clip_norm=spec.grad_clip_norm,
-        device=the_plan.device,
-        checkpoint_path=the_plan.checkpoint,
+        device=plan.device,
+        checkpoint_path=plan.checkpoint,
         seed=args.seed,
-        progress=not args.no_progress and the_plan.rank == 0,
+        progress=not args.no_progress and plan.rank == 0,
         epoch_metrics=epoch_metrics,
-        checkpoint_metadata=checkpoint_metadata(the_plan),
+        checkpoint_metadata=checkpoint_metadata(plan),
     )
     start = time.perf_counter()
     try:
-        history = trainer.fit(the_plan.train_set, resume=args.resume)
+        history = trainer.fit(plan.train_set, resume=args.resume)
     except TrainingDiverged as exc:
         kept = (
             f"; the last good checkpoint is {exc.checkpoint_path}"
@@ -157,16 +163,15 @@ def fit(the_plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, f
         raise UsageError(str(exc)) from exc
     except OSError as exc:  # a full disk or a vanished folder while saving
         raise RunError(
-            f"could not write the checkpoint {the_plan.checkpoint}: "
-            f"{exc.strerror or exc}"
+            f"could not write the checkpoint {plan.checkpoint}: {exc.strerror or exc}"
         ) from exc
     seconds = time.perf_counter() - start - metric_seconds[0]
     return history, seconds, metric_seconds[0]
 
 
-def checkpoint_metadata(the_plan: Plan) -> dict[str, Any]:
+def checkpoint_metadata(plan: Plan) -> dict[str, Any]:
     """What ``pynsm embed`` needs to rebuild the model and the split."""
-    args, info = the_plan.args, the_plan.info
+    args, info = plan.args, plan.info
     dataset = args.dataset
     if dataset != "digits":
         dataset = os.path.abspath(dataset)
@@ -178,53 +183,53 @@ def checkpoint_metadata(the_plan: Plan) -> dict[str, Any]:
         "dataset": dataset,
         "split": dict(SPLIT),
         "settings": {
-            "epochs": the_plan.epochs,
-            "batch_size": the_plan.batch_size,
-            "lr": the_plan.lr,
+            "epochs": plan.epochs,
+            "batch_size": plan.batch_size,
+            "lr": plan.lr,
             "seed": args.seed,
         },
     }
 
 
-def evaluate_run(result: dict[str, Any], the_plan: Plan, task: nn.Module) -> None:
+def evaluate_run(result: dict[str, Any], plan: Plan, task: nn.Module) -> None:
     """Readouts of the trained model (and its own prediction, if it has one)."""
     trained = evaluate.readouts(
-        evaluate.embed(task, the_plan.train_set),
-        evaluate.embed(task, the_plan.test_set),
-        the_plan.spec.probe_c,
+        evaluate.embed(task, plan.train_set),
+        evaluate.embed(task, plan.test_set),
+        plan.spec.probe_c,
     )
     result["fewshot_accuracy"] = trained["fewshot"]
     result["test_accuracy"] = trained["linear"]
     result["knn_accuracy"] = trained["knn"]
-    circuit = evaluate.circuit_accuracy(task, the_plan.test_set)
+    circuit = evaluate.circuit_accuracy(task, plan.test_set)
     if circuit is not None:
         result["circuit_accuracy"] = circuit
 
 
 def report(
     result: dict[str, Any],
-    the_plan: Plan,
+    plan: Plan,
     history: list[dict[str, Any]],
     train_seconds: float,
 ) -> None:
     """Print the closing text and write ``--json``."""
-    args = the_plan.args
+    args = plan.args
     result.update(
         {
             "model": args.model,
-            "self_supervised": the_plan.spec.self_supervised,
+            "self_supervised": plan.spec.self_supervised,
             "dataset": args.dataset,
             "history": history,
             "train_seconds": train_seconds,
-            "world_size": the_plan.world,
-            "epochs": the_plan.epochs,
-            "batch_size": the_plan.batch_size,
-            "lr": the_plan.lr,
+            "world_size": plan.world,
+            "epochs": plan.epochs,
+            "batch_size": plan.batch_size,
+            "lr": plan.lr,
             "seed": args.seed,
-            "device": str(the_plan.device),
-            "num_train": len(the_plan.train_set),
-            "num_test": len(the_plan.test_set),
-            "num_classes": the_plan.info.num_classes,
+            "device": str(plan.device),
+            "num_train": len(plan.train_set),
+            "num_test": len(plan.test_set),
+            "num_classes": plan.info.num_classes,
         }
     )
     print(closing_text(result), flush=True)
@@ -237,16 +242,15 @@ def report(
             ) from exc
 
 
-def _record_baselines(result: dict[str, Any], the_plan: Plan, task: nn.Module) -> None:
-    pixels = evaluate.pixel_readouts(
-        the_plan.train_set, the_plan.test_set, the_plan.spec.probe_c
-    )
+def _record_baselines(result: dict[str, Any], plan: Plan, task: nn.Module) -> None:
+    pixels = evaluate.pixel_readouts(plan.train_set, plan.test_set, plan.spec.probe_c)
     result["pixel_fewshot_accuracy"] = pixels["fewshot"]
     result["pixel_accuracy"] = pixels["linear"]
+    result["pixel_knn_accuracy"] = pixels["knn"]
     untrained = evaluate.readouts(
-        evaluate.embed(task, the_plan.train_set),
-        evaluate.embed(task, the_plan.test_set),
-        the_plan.spec.probe_c,
+        evaluate.embed(task, plan.train_set),
+        evaluate.embed(task, plan.test_set),
+        plan.spec.probe_c,
     )
     result["random_init_fewshot_accuracy"] = untrained["fewshot"]
     result["random_init_accuracy"] = untrained["linear"]
@@ -301,15 +305,15 @@ def _optimizer(spec: ModelSpec, lr: float) -> Any:
     return build
 
 
-def _scheduler(spec: ModelSpec, the_plan: Plan) -> Any:
+def _scheduler(spec: ModelSpec, plan: Plan) -> Any:
     if spec.scheduler is None:
         return None
-    per_process = max(the_plan.batch_size // the_plan.world, 1)
-    shard = -(-len(the_plan.train_set) // the_plan.world)
+    per_process = max(plan.batch_size // plan.world, 1)
+    shard = -(-len(plan.train_set) // plan.world)
     steps_per_epoch = -(-shard // per_process)
 
     def build(optimizer: torch.optim.Optimizer) -> Any:
-        return spec.scheduler(optimizer, the_plan.epochs, steps_per_epoch)
+        return spec.scheduler(optimizer, plan.epochs, steps_per_epoch)
 
     return build
 

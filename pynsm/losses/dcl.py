@@ -65,7 +65,9 @@ def dcl_loss(
     views. ``w_i = 1`` unless
     ``weight_fn(out0, out1)`` (called on the normalised local embeddings, once with
     the views swapped) gives weights. With ``gather_distributed`` the sums over
-    ``j`` run over the embeddings of all processes.
+    ``j`` run over the embeddings of all processes. The two views are treated by
+    identical computations, so swapping ``out0`` and ``out1`` gives the bitwise
+    same value.
 
     Args:
         out0: ``[B, D]`` embeddings of the first views.

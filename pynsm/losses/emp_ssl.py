@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pynsm.losses._numerics import at_least_float32, autocast_disabled, gram
@@ -51,7 +50,7 @@ def total_coding_rate(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
         scale = dim / (batch_size * eps)
         inner = gram(z.mT) if dim <= batch_size else gram(z)
         eye = torch.eye(inner.shape[-1], dtype=z.dtype, device=z.device)
-        factor = torch.linalg.cholesky(eye + scale * inner)
+        factor = torch.linalg.cholesky(torch.add(eye, inner, alpha=scale))
         logdet = 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)
         return 0.5 * logdet.mean()
 
@@ -92,8 +91,15 @@ def emp_ssl_loss(
     z = _stack(z_views)
     with autocast_disabled(z):
         z = at_least_float32(z)
-        invariance = -F.cosine_similarity(z, z.mean(dim=0, keepdim=True), dim=-1)
-        return -total_coding_rate(z, tcr_eps) + inv_coef * invariance.mean()
+        # cos(z_vb, mean_v z_vb) from dot products (cheaper than F.cosine_similarity,
+        # same value; eps as its default)
+        mean = z.mean(dim=0, keepdim=True)
+        cosine = (
+            torch.linalg.vecdot(z, mean)
+            * torch.linalg.vecdot(z, z).clamp_min(1e-16).rsqrt()
+            * torch.linalg.vecdot(mean, mean).clamp_min(1e-16).rsqrt()
+        )
+        return -total_coding_rate(z, tcr_eps) - inv_coef * cosine.mean()
 
 
 def _stack(z_views: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:

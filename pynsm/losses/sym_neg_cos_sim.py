@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from pynsm.losses.negative_cosine_similarity import negative_cosine_similarity
 
 
 def _pair(name: str, out: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,6 +67,6 @@ class SymNegCosineSimilarityLoss(nn.Module):
                 f"out0 and out1 must have the same shape, got {tuple(z0.shape)} "
                 f"and {tuple(z1.shape)}"
             )
-        loss0 = -F.cosine_similarity(p0, z1.detach(), dim=-1).mean()
-        loss1 = -F.cosine_similarity(p1, z0.detach(), dim=-1).mean()
+        loss0 = negative_cosine_similarity(p0, z1.detach(), dim=-1)
+        loss1 = negative_cosine_similarity(p1, z0.detach(), dim=-1)
         return 0.5 * (loss0 + loss1)

@@ -39,7 +39,9 @@ class SmallConvNet(nn.Module):
         torch.Size([3, 32])
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, patch_size: int = 2) -> None:
+    def __init__(
+        self, in_channels: int = 1, width: int = 32, patch_size: int = 2
+    ) -> None:
         super().__init__()
         in_channels = check_int("in_channels", in_channels, minimum=1)
         width = check_int("width", width, minimum=1)

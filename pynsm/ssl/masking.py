@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pynsm.validation import check_int
+
 
 def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
     """Number of tokens that :func:`random_token_mask` keeps.
@@ -102,8 +104,7 @@ def mask_image_patches(images: Tensor, idx_keep: Tensor, patch_size: int) -> Ten
     """
     if images.dim() != 4:
         raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
-    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1:
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    patch_size = check_int("patch_size", patch_size, minimum=1)
     batch, _, height, width = images.shape
     if height % patch_size or width % patch_size:
         raise ValueError(

@@ -97,7 +97,9 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0) -> float:
     """
     step = check_int("step", step, minimum=0)
     total_steps = check_int("total_steps", total_steps, minimum=1)
-    warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0, maximum=total_steps)
+    warmup_steps = check_int(
+        "warmup_steps", warmup_steps, minimum=0, maximum=total_steps
+    )
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)

@@ -126,7 +126,7 @@ def main() -> None:
     moco = NTXentLoss(temperature=0.5, memory_bank_size=BANK)
     with torch.no_grad():
         moco(out0, out1)  # create the bank
-    naive_moco = NaiveMoCo(moco.bank)
+    naive_moco = NaiveMoCo(moco.bank.T)  # the paper keeps the queue [dim, size]
     # same value first: each comparison is between two forms of one formula
     checks = [
         (NTXentLoss(temperature=0.5), naive_ntxent),
@@ -139,7 +139,7 @@ def main() -> None:
         assert torch.allclose(a, b, rtol=1e-9), (a.item(), b.item())
     with torch.no_grad():
         assert torch.allclose(
-            moco(out0, out1), NaiveMoCo(moco.bank)(out0, out1), rtol=1e-5
+            moco(out0, out1), NaiveMoCo(moco.bank.T)(out0, out1), rtol=1e-5
         )
 
     cases = [

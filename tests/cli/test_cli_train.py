@@ -48,6 +48,7 @@ def test_json_report_and_closing_table(tmp_path, small_npz, capsys):
         assert all(0.0 <= v <= 1.0 for v in result[key].values()), key
     assert 0.0 <= result["knn_accuracy"] <= 1.0
     assert 0.0 <= result["random_init_knn_accuracy"] <= 1.0
+    assert 0.0 <= result["pixel_knn_accuracy"] <= 1.0
     # per-epoch kNN in the history
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     for entry in result["history"]:

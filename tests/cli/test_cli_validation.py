@@ -204,3 +204,20 @@ def test_unwritable_folder_as_root_sees_it(tmp_path, capsys, monkeypatch):
         capsys,
         "cannot write in",
     )
+
+
+def test_a_model_that_does_not_fit_the_images_writes_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    # a recipe that under-states its kernel: the trial embedding catches the misfit
+    spec = cli.MODELS["supervised-sm"]
+    fields = {k: getattr(spec, k) for k in spec.__dataclass_fields__}
+    monkeypatch.setitem(
+        cli.MODELS, "supervised-sm", cli.ModelSpec(**{**fields, "min_image_size": 1})
+    )
+    path = tmp_path / "tiny.npz"
+    np.savez(path, images=np.random.rand(40, 2, 2), labels=np.arange(40) % 2)
+    out = tmp_path / "out"
+    argv = ["train", "--dataset", str(path), "--checkpoint-dir", str(out)]
+    _one_line_exit_2(argv, capsys, "does not fit 1x2x2 images")
+    assert not out.exists()

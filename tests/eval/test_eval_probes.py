@@ -112,7 +112,7 @@ def test_torch_solver_reaches_the_sklearn_optimum():
 
     x, y = _clusters(n=300, classes=3, dim=6, spread=0.8, seed=4)
     x = x.double()
-    weight, bias = fit_logistic_regression(x, y, 3, C=0.5, max_iter=500, tol=1e-10)
+    weight, bias = fit_logistic_regression(x, y, 3, C=0.5, max_iter=150, tol=1e-9)
     model = LogisticRegression(C=0.5, tol=1e-10, max_iter=5000).fit(
         x.numpy(), y.numpy()
     )
@@ -139,3 +139,30 @@ def test_auto_solver_switches_to_torch_for_large_data(monkeypatch):
     monkeypatch.setattr(probes, "SKLEARN_MAX_SAMPLES", 100)
     large = linear_probe_accuracy(x[:150], y[:150], x[150:], y[150:])
     assert calls == [(150, 16)] and abs(large - small) <= 0.02
+
+
+def test_digits_pixels_give_the_reference_figures():
+    from pynsm.data import load_digits
+
+    train, test = load_digits()
+    args = (*train.tensors, *test.tensors)
+    raw = fewshot_probe_accuracy(*args, standardize=False)
+    assert raw[1] == pytest.approx(0.647, abs=0.001)  # issue 8's table
+    assert raw[5] == pytest.approx(0.865, abs=0.001)
+    standardized = fewshot_probe_accuracy(*args)
+    assert standardized[1] == pytest.approx(0.600, abs=0.001)
+    assert standardized[5] == pytest.approx(0.845, abs=0.001)
+
+
+@pytest.mark.parametrize("solver", ["sklearn", "torch"])
+def test_fewer_samples_than_features_is_solved_in_the_samples_span(solver):
+    # the reduced problem (features U S of the thin SVD) has the same optimum
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(12, 40, generator=g, dtype=torch.float64)
+    y = torch.arange(12) % 3
+    reduced = probes._fit(x, y, 3, 1.0, 2000, solver)
+    direct = probes._fit_direct(x, y, 3, 1.0, 2000, solver)
+    test = torch.randn(50, 40, generator=g, dtype=torch.float64)
+    logits = [test @ w + b for w, b in (reduced, direct)]
+    probabilities = [z.softmax(1) for z in logits]
+    assert torch.allclose(probabilities[0], probabilities[1], atol=2e-3)

@@ -19,8 +19,8 @@ def test_mask_image_patches_keeps_exactly_the_listed_patches():
     expected = torch.zeros(3, 16, dtype=torch.bool).scatter_(1, idx_keep, True)
     assert torch.equal(alive, expected)
     kept = torch.zeros(3, 16).scatter_(1, idx_keep, 1.0).bool()
-    kept_pixels = kept.view(3, 1, 4, 1, 4, 1).expand(3, 2, 4, 2, 4, 2).reshape(
-        3, 2, 8, 8
+    kept_pixels = (
+        kept.view(3, 1, 4, 1, 4, 1).expand(3, 2, 4, 2, 4, 2).reshape(3, 2, 8, 8)
     )
     assert torch.equal(masked[kept_pixels], images[kept_pixels])
     assert idx_mask.shape == (3, 8)

@@ -3,11 +3,11 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from pynsm.losses.msn import MSNLoss
+from pynsm.losses.swav import SwaVLoss
 from pynsm.ssl.momentum import cosine_schedule
 from pynsm.ssl.msn import MSN, PMSN
 from pynsm.ssl.swav import SwaV
-from pynsm.losses.msn import MSNLoss
-from pynsm.losses.swav import SwaVLoss
 
 
 @pytest.fixture(scope="module")

@@ -87,9 +87,8 @@ def test_warmup_cosine_warms_up_linearly_then_decays_to_zero():
     decay = factors[warmup:total]
     assert all(a > b for a, b in zip(decay, decay[1:]))
     # half-way through the decay the cosine is at one half
-    assert warmup_cosine(warmup + (total - warmup) // 2, total, warmup) == pytest.approx(
-        0.5
-    )
+    middle = warmup + (total - warmup) // 2
+    assert warmup_cosine(middle, total, warmup) == pytest.approx(0.5)
     assert factors[total:] == [0.0] * 5
     assert warmup_cosine(0, 10) == 1.0
 
