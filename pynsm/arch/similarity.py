@@ -596,6 +596,89 @@ class SupervisedSimilarityMatching(MultiSimilarityMatching):
                 )
         return super()._encode(x, label)
 
+    def decode_label(self, y: torch.Tensor) -> torch.Tensor:
+        """Reconstruct the label input from an output: `L^T M^{-1} mean_s(y)`.
+
+        Similarity matching of the joint input `z = [x; label]` is solved, at the
+        optimum of its min-max, by `W = E[y z^T]` and `M = E[y y^T]` (the
+        encoders and the competitor), and its output `y = M^{-1} W z` is the
+        projection of `z` on its top principal subspace (rows of `M^{-1} W`
+        orthonormal). The circuit's own weights then give the best rank-`M`
+        reconstruction of its input, `z_hat = W^T M^{-1} y`; its label part is
+
+            label_hat = L^T M^{-1} y,        L = label_encoder.weight  [M, C].
+
+        With `y` inferred from the image alone, `label_hat` is the circuit's
+        estimate of the missing label input: reduced-rank regression of the labels
+        on the images, learnt by the circuit's local rules. A spatial output is
+        averaged over its positions first (the label drive is the same at every
+        position). The relation is exact for a linear circuit with `"weight"`
+        regularization of both encoders at its optimum; a `"whiten"`-regularized
+        label encoder (the default) learns `L = E[y label^T] diag(p)^{-1}` with
+        class frequencies `p` instead, which only rescales the classes. The label
+        encoder's bias, if any, is not part of the reconstruction.
+
+        Args:
+            y: Circuit output `[B, out_channels, *spatial]`.
+
+        Returns:
+            The reconstructed labels `[B, num_classes]` (in the dtype of `y`
+            promoted with the weights').
+
+        Raises:
+            TypeError: `y` is not a Tensor.
+            ValueError: `y` does not have shape `[B, out_channels, *spatial]`.
+        """
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"y must be a Tensor, got {type(y).__name__}")
+        if y.ndim < 2 or y.shape[1] != self.out_channels:
+            raise ValueError(
+                f"y has shape {tuple(y.shape)}; expected "
+                f"[batch, out_channels={self.out_channels}, *spatial]"
+            )
+        with torch.no_grad():
+            competitor = self.competitor.weight
+            label_weight = self.encoders[1].weight  # [M, C]
+            dtype = torch.promote_types(y.dtype, competitor.dtype)
+            y_mean = y.to(dtype).flatten(2).mean(2) if y.ndim > 2 else y.to(dtype)
+            # M is M x M and M ~ E[y y^T] can be (nearly) singular: pseudo-inverse
+            m_inv_y = y_mean @ torch.linalg.pinv(competitor.to(dtype)).T  # [B, M]
+            return m_inv_y @ label_weight.to(dtype)  # [B, C]
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Classify with the circuit's own label pathway, without labels.
+
+        Runs the circuit on `x` alone, `y = forward(x)`, reconstructs the label
+        input that would have produced it, `label_hat = L^T M^{-1} mean_s(y)`
+        (see :meth:`decode_label` for the mathematics), and returns the class of
+        the largest entry. No separately trained readout is involved: `L` (the
+        label encoder) and `M` (the competitor) are the circuit's weights.
+
+        The module's training mode is left as it is: call `.eval()` first when the
+        encoder has batch-norm or dropout. Nothing is stored and no gradient is
+        recorded.
+
+        Args:
+            x: Input batch, as for `forward(x)`.
+
+        Returns:
+            Predicted classes, `LongTensor[B]`.
+
+        Example:
+            >>> import torch
+            >>> circuit = SupervisedSimilarityMatching(
+            ...     torch.nn.Linear(2, 2, bias=False), num_classes=2, out_channels=2)
+            >>> with torch.no_grad():  # a circuit that copies x to y, label to y
+            ...     _ = circuit.encoders[0].weight.copy_(torch.eye(2))
+            ...     _ = circuit.encoders[1].weight.copy_(torch.eye(2))
+            >>> circuit.predict(torch.tensor([[2.0, 0.5], [0.1, 1.0]]))
+            tensor([0, 1])
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
+        with torch.no_grad():
+            return self.decode_label(self(x)).argmax(dim=1)
+
 
 def _no_projection(y: torch.Tensor) -> None:
     pass

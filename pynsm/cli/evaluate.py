@@ -30,6 +30,10 @@ __all__ = [
     "circuit_accuracy",
     "SHOTS",
     "EMBED_BATCH",
+    "KNN_TRAIN",
+    "KNN_TEST",
+    "EPOCH_KNN_TRAIN",
+    "EPOCH_KNN_TEST",
 ]
 
 #: The k of the k-shot probes (labelled images per class).
@@ -42,8 +46,8 @@ EMBED_BATCH = 256
 KNN_TRAIN = 10_000
 KNN_TEST = 2_000
 #: The per-epoch kNN of the history embeds its own subset after every epoch, so
-#: it is kept small: at most 1,000 training / 300 test images (2.7% of an epoch
-#: of a 60,000-image dataset; about one epoch's work on digits, whose training
+#: it is kept small: at most 1,000 training / 300 test images (about 3% of an
+#: epoch of a 60,000-image dataset; about one epoch's work on digits, whose training
 #: set is 1,347 images).
 EPOCH_KNN_TRAIN = 1_000
 EPOCH_KNN_TEST = 300

@@ -28,7 +28,8 @@ class SmallConvNet(nn.Module):
 
     Shapes:
         ``[B, in_channels, H, W]`` (and optionally ``idx_keep [B, K]``) →
-        ``[B, 2 · width]``.
+        ``[B, 2 · width]``; :meth:`pooled_features` with ``grid`` →
+        ``[B, 2 · width · grid²]``.
 
     Example:
         >>> net = SmallConvNet(in_channels=1, width=16)
@@ -37,6 +38,8 @@ class SmallConvNet(nn.Module):
         >>> idx_keep = torch.arange(12).repeat(3, 1)  # keep 12 of the 16 2×2 patches
         >>> net(torch.rand(3, 1, 8, 8), idx_keep=idx_keep).shape
         torch.Size([3, 32])
+        >>> net.pooled_features(torch.rand(3, 1, 8, 8), grid=3).shape
+        torch.Size([3, 288])
     """
 
     def __init__(
@@ -57,17 +60,17 @@ class SmallConvNet(nn.Module):
                 nn.ReLU(inplace=True),
             ]
 
+        # the feature map; global pooling is applied in forward (parameter names
+        # are those of the former single Sequential that ended with the pooling)
         self.layers = nn.Sequential(
             *block(in_channels, width),
             *block(width, 2 * width),
             nn.MaxPool2d(2),
             *block(2 * width, 2 * width),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(1),
         )
 
-    def forward(self, images: Tensor, idx_keep: Tensor | None = None) -> Tensor:
-        """Features ``[B, 2 · width]`` of ``images`` ``[B, in_channels, H, W]``.
+    def feature_map(self, images: Tensor, idx_keep: Tensor | None = None) -> Tensor:
+        """The last feature map ``[B, 2 · width, ⌊H / 2⌋, ⌊W / 2⌋]``.
 
         Args:
             images: ``[B, in_channels, H, W]``.
@@ -77,6 +80,28 @@ class SmallConvNet(nn.Module):
         if idx_keep is not None:
             images = mask_image_patches(images, idx_keep, self.patch_size)
         return self.layers(images)
+
+    def forward(self, images: Tensor, idx_keep: Tensor | None = None) -> Tensor:
+        """Globally averaged features ``[B, 2 · width]`` (see :meth:`feature_map`)."""
+        return self.feature_map(images, idx_keep).mean(dim=(2, 3))
+
+    def pooled_features(self, images: Tensor, grid: int = 1) -> Tensor:
+        """The feature map average-pooled to ``grid × grid``, flattened.
+
+        ``grid=1`` is :meth:`forward`. A coarse grid keeps *where* a stroke is,
+        which global pooling forgets; for readouts of digits a 3×3 grid of the
+        4×4 map (overlapping 2×2 windows) gives the best few-shot linear probes.
+
+        Args:
+            images: ``[B, in_channels, H, W]``.
+            grid: Side of the pooled grid (``>= 1``).
+
+        Returns:
+            ``[B, 2 · width · grid²]``, channel-major (channel, row, column).
+        """
+        grid = check_int("grid", grid, minimum=1)
+        pooled = nn.functional.adaptive_avg_pool2d(self.feature_map(images), grid)
+        return pooled.flatten(1)
 
 
 @torch.no_grad()

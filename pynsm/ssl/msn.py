@@ -90,14 +90,18 @@ class MSN(nn.Module):
             conv_width``); ``backbone="conv"`` only.
         flip_p: Probability of a horizontal flip of each view (0 for digits and
             text; 0.5 for natural images).
+        readout_grid: :meth:`embed` of a :class:`~pynsm.ssl.convnet.SmallConvNet`
+            backbone averages its last feature map over a ``readout_grid ×
+            readout_grid`` grid (``2 · conv_width · readout_grid²`` features; 1:
+            the global average the projection head sees). Other backbones ignore it.
 
     Example:
         >>> model = MSN(in_channels=1, image_size=8)
         >>> loss = model.training_loss(torch.rand(16, 1, 8, 8))
         >>> loss.backward()
         >>> model.on_after_optimizer_step(step=0, total_steps=10)
-        >>> model.embed(torch.rand(3, 1, 8, 8)).shape
-        torch.Size([3, 64])
+        >>> model.embed(torch.rand(3, 1, 8, 8)).shape  # 64 channels on a 3×3 grid
+        torch.Size([3, 576])
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class MSN(nn.Module):
         criterion: nn.Module | None = None,
         conv_width: int = 32,
         flip_p: float = 0.0,
+        readout_grid: int = 3,
     ) -> None:
         super().__init__()
         in_channels = check_int("in_channels", in_channels, minimum=1)
@@ -136,6 +141,7 @@ class MSN(nn.Module):
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
         momentum = check_float("momentum", momentum, minimum=0.0, maximum=1.0)
         flip_p = check_float("flip_p", flip_p, minimum=0.0, maximum=1.0)
+        self.readout_grid = check_int("readout_grid", readout_grid, minimum=1)
         target_sharpen_temperature = check_float(
             "target_sharpen_temperature",
             target_sharpen_temperature,
@@ -245,15 +251,19 @@ class MSN(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """Anchor-backbone features ``[B, F]`` of whole, unmasked images (readouts).
 
+        With the default :class:`~pynsm.ssl.convnet.SmallConvNet` these are its last
+        feature map averaged over a ``readout_grid × readout_grid`` grid (digits,
+        100 epochs, 1-/5-shot linear probes: 78.6%/94.7% on a 3×3 grid against
+        75.7%/93.3% for the global average); any other backbone gives its output,
+        flattened.
+
         The anchor backbone is the one trained by gradients; the momentum target
-        lags behind it (measured on digits with the default convolutional
-        backbone, 1-shot linear probe: anchor 73.7% vs target 69.3% after 50
-        epochs, 75.7% vs 75.2% after 100). The backbone output, not the
-        projection, is the feature: it keeps more of the image (effective rank
-        about 37 of 64 against 18 of 32 for the projection) and gives the better
-        5-shot and all-label readouts.
+        lags behind it (global-average features, 1-shot: anchor 73.7% vs target
+        69.3% after 50 epochs). The backbone, not the projection, is read out: it
+        keeps more of the image (effective rank about 37 of 64 against 18 of 32)
+        and gives the better 5-shot and all-label readouts.
         """
-        return self.backbone(x)
+        return _readout(self.backbone, x, self.readout_grid)
 
 
 class PMSN(MSN):
@@ -285,6 +295,13 @@ class PMSN(MSN):
             power_law_exponent=power_law_exponent,
             **kwargs,
         )
+
+
+def _readout(backbone: nn.Module, images: Tensor, grid: int) -> Tensor:
+    # conv backbones: the feature map pooled to a coarse grid; others: their output
+    if isinstance(backbone, SmallConvNet):
+        return backbone.pooled_features(images, grid)
+    return backbone(images).flatten(1)
 
 
 def default_patch_size(image_size: int) -> int:

@@ -1,11 +1,12 @@
 """Forward+backward time of every loss that pynsm and lightly 1.4.26 both have.
 
-lightly 1.4.26 runs in a subprocess whose ``PYTHONPATH`` starts with its unpacked
-folder (``tests/fetch_lightly.sh`` puts it in ``.peer/lightly-1.4.26``); the same
-script builds the same inputs on both sides (same seeds, same shapes, float32) and
-times ``loss = loss_fn(...); loss.backward()``. Timings are interleaved (a round of
-the peer, a round of ours, ...) and the best call wins, measured as CPU time of the
-timing process, so other jobs on a busy machine inflate neither side. Prints
+lightly 1.4.26 runs in a subprocess whose ``PYTHONPATH`` is its unpacked folder
+(``tests/fetch_lightly.sh`` puts it in ``.peer/lightly-1.4.26``), pynsm in a twin
+subprocess; the same script builds the same inputs on both sides (same seeds, same
+shapes, float32) and times ``loss = loss_fn(...); loss.backward()``. Timings are
+interleaved (a round of lightly, a round of ours, ...) and the best call wins,
+measured as CPU time of the timing process, so other jobs on a busy machine inflate
+neither side. Prints
 ``ours / lightly`` (below 1: ours is faster) and the relative difference of the
 first values (EMP-SSL differs on purpose: lightly adds the coding rate).
 
@@ -209,10 +210,10 @@ class Bench:
         return best
 
 
-def _worker(threads: int) -> None:
+def _worker(side: str, threads: int) -> None:
     warnings.simplefilter("ignore")  # lightly's deprecation notices
     torch.set_num_threads(threads)
-    bench = Bench("lightly")
+    bench = Bench(side)
     for line in sys.stdin:
         command, name, number = line.rstrip("\n").split("|")
         if command == "value":
@@ -229,36 +230,40 @@ def main() -> None:
     repeats = 3
     if not (LIGHTLY_DIR / "lightly" / "loss").is_dir():
         sys.exit(f"lightly 1.4.26 not in {LIGHTLY_DIR}: run tests/fetch_lightly.sh")
-    torch.set_num_threads(threads)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(LIGHTLY_DIR), str(ROOT)]))
-    peer = subprocess.Popen(
-        [sys.executable, __file__, "--worker", str(threads)],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=LIGHTLY_DIR,
-    )
+    # both sides run in worker processes of the same shape, so neither carries
+    # this process's state; they take turns, one timing request at a time
+    workers = {
+        side: subprocess.Popen(
+            [sys.executable, __file__, "--worker", side, str(threads)],
+            env=dict(os.environ, PYTHONPATH=path),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for side, path in (("lightly", str(LIGHTLY_DIR)), ("ours", str(ROOT)))
+    }
 
-    def ask(command: str, name: str, number: int = 0) -> float:
-        peer.stdin.write(f"{command}|{name}|{number}\n")
-        peer.stdin.flush()
-        return float(peer.stdout.readline())
+    def ask(side: str, command: str, name: str, number: int = 0) -> float:
+        worker = workers[side]
+        worker.stdin.write(f"{command}|{name}|{number}\n")
+        worker.stdin.flush()
+        return float(worker.stdout.readline())
 
-    ours = Bench("ours")
     print(f"torch {torch.__version__}, {threads} thread(s), batch {B}, fwd+bwd, "
           f"best of {rounds} x {repeats} interleaved calls")  # fmt: skip
     header = f"{'loss':<20}{'lightly ms':>11}{'ours ms':>9}{'ratio':>7}"
     print(header + f"{'value rel.diff':>16}")
     try:
         for name in only:
-            theirs_value, our_value = ask("value", name), ours.value(name)
-            ask("time", name, 1)  # warm-up
-            ours.time(name, 1)
+            theirs_value = ask("lightly", "value", name)
+            our_value = ask("ours", "value", name)
+            ask("lightly", "time", name, 1)  # warm-up
+            ask("ours", "time", name, 1)
             theirs = mine = float("inf")
             for _ in range(rounds):
-                theirs = min(theirs, ask("time", name, repeats))
-                mine = min(mine, ours.time(name, repeats))
+                theirs = min(theirs, ask("lightly", "time", name, repeats))
+                mine = min(mine, ask("ours", "time", name, repeats))
             diff = abs(our_value - theirs_value) / max(abs(theirs_value), 1e-12)
             print(
                 f"{name:<20}{1e3 * theirs:>11.2f}{1e3 * mine:>9.2f}"
@@ -266,12 +271,13 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        peer.stdin.close()
-        peer.wait()
+        for worker in workers.values():
+            worker.stdin.close()
+            worker.wait()
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        _worker(int(sys.argv[2]))
+        _worker(sys.argv[2], int(sys.argv[3]))
     else:
         main()

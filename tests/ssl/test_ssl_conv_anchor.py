@@ -78,8 +78,14 @@ def test_msn_defaults_to_a_masked_conv_anchor_and_no_flips():
     assert isinstance(model.target_backbone, SmallConvNet)
     assert model.backbone is not model.target_backbone
     assert model.multicrop.flip_p == 0.0
-    assert model.embed(torch.rand(3, 1, 8, 8)).shape == (3, model.backbone.output_dim)
-    assert MSN(conv_width=8).embed(torch.rand(3, 1, 8, 8)).shape == (3, 16)
+    assert model.embed(torch.rand(3, 1, 8, 8)).shape == (
+        3,
+        9 * model.backbone.output_dim,
+    )
+    assert MSN(conv_width=8, readout_grid=1).embed(torch.rand(3, 1, 8, 8)).shape == (
+        3,
+        16,
+    )
     vit = MSN(backbone="vit", embed_dim=16, num_heads=2)
     assert isinstance(vit.backbone, MaskedVisionTransformer)
     assert vit.embed(torch.rand(3, 1, 8, 8)).shape == (3, 16)
@@ -106,7 +112,7 @@ def test_flip_is_an_option_and_arguments_are_checked():
     assert MSN(flip_p=0.5).multicrop.flip_p == 0.5
     assert SwaV().multicrop.flip_p == 0.0
     assert SwaV(flip_p=0.5).multicrop.flip_p == 0.5
-    assert SwaV(conv_width=8).embed(torch.rand(2, 1, 8, 8)).shape == (2, 16)
+    assert SwaV(conv_width=8).embed(torch.rand(2, 1, 8, 8)).shape == (2, 16 * 9)
     with pytest.raises(ValueError, match="backbone"):
         MSN(backbone="resnet")
     with pytest.raises(TypeError, match="backbone"):
@@ -129,3 +135,33 @@ def test_custom_backbone_feature_size_is_inferred():
     model = MSN(backbone=Flat(), projection_hidden_dim=8, projection_dim=4)
     assert model.projection_head.layers[0].in_features == 10
     assert torch.isfinite(model.training_loss(torch.rand(6, 1, 8, 8)))
+
+
+def test_pooled_readout_is_the_feature_map_averaged_over_a_grid():
+    net = SmallConvNet(1, width=4).eval()
+    images = torch.rand(5, 1, 8, 8)
+    maps = net.feature_map(images)  # [5, 8, 4, 4]
+    assert maps.shape == (5, 8, 4, 4)
+    torch.testing.assert_close(net.pooled_features(images, 1), net(images))
+    torch.testing.assert_close(net(images), maps.mean(dim=(2, 3)))
+    # 2×2 grid: the four quadrants of the 4×4 map, channel-major
+    quadrants = net.pooled_features(images, 2).view(5, 8, 2, 2)
+    torch.testing.assert_close(quadrants[:, :, 1, 0], maps[:, :, 2:, :2].mean((2, 3)))
+    # 3×3 grid of a 4×4 map: overlapping 2×2 windows with stride 1
+    grid3 = net.pooled_features(images, 3).view(5, 8, 3, 3)
+    torch.testing.assert_close(grid3[:, :, 1, 2], maps[:, :, 1:3, 2:4].mean((2, 3)))
+    with pytest.raises(ValueError, match="grid"):
+        net.pooled_features(images, 0)
+
+
+def test_models_read_out_the_pooled_grid_of_their_conv_backbone():
+    images = torch.rand(4, 1, 8, 8)
+    for model in (MSN(conv_width=4), SwaV(conv_width=4), PMSN(conv_width=4)):
+        model.eval()
+        torch.testing.assert_close(
+            model.embed(images), model.backbone.pooled_features(images, 3)
+        )
+    with pytest.raises(ValueError, match="readout_grid"):
+        SwaV(readout_grid=0)
+    with pytest.raises(TypeError, match="readout_grid"):
+        MSN(readout_grid=2.0)

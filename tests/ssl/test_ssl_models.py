@@ -195,8 +195,11 @@ def test_ssl_models_reject_bad_batches(digits):
 
 
 def test_embed_shapes(digits):
-    assert _msn().embed(digits).shape == (32, 32)
-    assert _swav().embed(digits).shape == (32, 64)
+    # conv backbones: 2 * width channels on a readout_grid x readout_grid grid
+    assert _msn().embed(digits).shape == (32, 32 * 9)
+    assert _msn(readout_grid=1).embed(digits).shape == (32, 32)
+    assert _swav().embed(digits).shape == (32, 64 * 9)
+    assert _swav(readout_grid=2).embed(digits).shape == (32, 64 * 4)
 
 
 @pytest.mark.parametrize("size, channels", [(12, 3), (28, 1), (7, 2)])
@@ -208,7 +211,7 @@ def test_models_on_other_image_sizes(size, channels, backbone):
               projection_dim=8, n_prototypes=8, num_focal_views=1)
     assert size % msn.patch_size == 0
     assert torch.isfinite(msn.training_loss(images))
-    assert msn.embed(images).shape == (6, 16)
+    assert msn.embed(images).shape == (6, 16 * (9 if backbone == "conv" else 1))
     swav = SwaV(in_channels=channels, image_size=size, projection_hidden_dim=16,
                 projection_dim=8, n_prototypes=5, num_local_crops=1)
     assert torch.isfinite(swav.training_loss(images))
