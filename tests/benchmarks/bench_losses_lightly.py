@@ -41,6 +41,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 LIGHTLY_DIR = ROOT / ".peer" / "lightly-1.4.26"
 B = 256
+# glibc serves blocks above a moving threshold with mmap and returns them on free, so
+# a process can fall into a mode where every multi-megabyte tensor page-faults anew
+# (seen here as a sticky 20-40% slowdown of one side at random, e.g. the MoCo case).
+# Both workers keep large blocks on the heap instead; set these variables yourself to
+# measure with other values (the environment wins).
+STEADY_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(2**32),
+    "MALLOC_TRIM_THRESHOLD_": str(2**32),
+}
 
 # name: (lightly module, class, constructor kwargs, inputs(g) -> args, call kwargs)
 CASES: dict[str, tuple[str, str, dict[str, Any], Callable[..., list[Any]], dict]] = {}
@@ -235,7 +244,7 @@ def main() -> None:
     workers = {
         side: subprocess.Popen(
             [sys.executable, __file__, "--worker", side, str(threads)],
-            env=dict(os.environ, PYTHONPATH=path),
+            env={**STEADY_MALLOC, **os.environ, "PYTHONPATH": path},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
