@@ -221,10 +221,12 @@ def _swav(channels: int, side: int, classes: int) -> nn.Module:
     return SwaV(in_channels=channels, image_size=side, queue_length=0)
 
 
-def _ssl_schedule(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
+def _ssl_schedule(
+    optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     # MSN, PMSN, SwaV: linear warm-up over 2 epochs (at most a tenth of the run),
-    # then cosine decay to zero; on digits this adds 1-2 points of few-shot accuracy
-    # over a constant rate and keeps the first updates from scattering prototypes
+    # so the first large updates do not scatter a fresh network's prototypes, then
+    # cosine decay to zero, so a short run ends with settled features
     from pynsm.ssl.momentum import warmup_cosine
 
     total = max(epochs * steps_per_epoch, 1)
