@@ -238,7 +238,7 @@ def _ssl_schedule(
 
 #: The recipe of every ``--model``, by name.
 MODELS: dict[str, ModelSpec] = {
-    # circuits run 40 tiny inner iterations per batch: thread start-up costs more
+    # circuits run 60 tiny inner iterations per batch: thread start-up costs more
     # than it saves (measured 6x faster on one thread on a busy 2-core machine)
     "supervised-sm": ModelSpec(
         build=_supervised_sm,

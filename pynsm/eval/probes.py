@@ -3,7 +3,7 @@
 Both fit a multinomial logistic regression (L2 penalty of strength ``1 / C``) on
 features standardised with the statistics of the whole training feature set, and
 report the accuracy on the whole test set. Small problems go to scikit-learn
-(the reference solver); large ones (more than 20,000 samples, or more than 5e6
+(the reference solver); larger ones (more than 5,000 samples, or more than 2e6
 feature values) to :func:`~pynsm.eval.logistic.fit_logistic_regression`, a
 full-batch L-BFGS solver in torch for the same objective, whose time and memory
 grow linearly with the data.
@@ -24,8 +24,8 @@ from pynsm.validation import check_bool, check_choice, check_float, check_int
 __all__ = ["linear_probe_accuracy", "fewshot_probe_accuracy"]
 
 #: Above these sizes ``solver="auto"`` fits with torch instead of scikit-learn.
-SKLEARN_MAX_SAMPLES = 20_000
-SKLEARN_MAX_VALUES = 5_000_000
+SKLEARN_MAX_SAMPLES = 5_000
+SKLEARN_MAX_VALUES = 2_000_000
 _SOLVERS = ("auto", "sklearn", "torch")
 _CHUNK = 4096
 

@@ -49,6 +49,14 @@ def test_json_report_and_closing_table(tmp_path, small_npz, capsys):
     assert 0.0 <= result["knn_accuracy"] <= 1.0
     assert 0.0 <= result["random_init_knn_accuracy"] <= 1.0
     assert 0.0 <= result["pixel_knn_accuracy"] <= 1.0
+    # the supervised circuit's own prediction, once the circuit has one
+    from pynsm.arch import SupervisedSimilarityMatching
+
+    has_predict = callable(getattr(SupervisedSimilarityMatching, "predict", None))
+    assert ("circuit_accuracy" in result) == has_predict
+    if has_predict:
+        assert 0.0 <= result["circuit_accuracy"] <= 1.0
+        assert "circuit's own prediction" in out
     # per-epoch kNN in the history
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     for entry in result["history"]:
