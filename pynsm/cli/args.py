@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--batch-size",
         type=_integer("--batch-size", 1, MAX_COUNT),
-        default=256,
+        default=64,
         help="images embedded at once",
     )
     return parser

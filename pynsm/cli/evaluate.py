@@ -38,8 +38,10 @@ __all__ = [
 
 #: The k of the k-shot probes (labelled images per class).
 SHOTS = (1, 5)
-#: Images embedded at once.
-EMBED_BATCH = 256
+#: Images embedded at once: small batches keep a convolution's feature maps in
+#: the CPU cache (measured on 28x28 images: 0.33 ms an image for the circuits at
+#: 64, 0.7 ms at 256; the SSL models are also fastest around 64).
+EMBED_BATCH = 64
 #: kNN compares every test image with every training image (cost N x M x D), so
 #: on large datasets it runs on an evenly spaced subset of at most this many
 #: training / test images: 10,000 x 2,000 keeps it to seconds at 60,000 images.

@@ -100,16 +100,20 @@ def main() -> None:
         f"pynsm train --model {args.model} --epochs {args.epochs}, "
         f"OMP_NUM_THREADS={args.threads}, 28x28 images"
     )
-    print(f"{'images':>8} {'train s':>9} {'eval s':>8} {'wall s':>8} {'peak MB':>8}")
+    print(
+        f"{'images':>8} {'train s':>9} {'eval s':>8} {'eval/train':>10} "
+        f"{'wall s':>8} {'peak MB':>8}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
             images, labels = mnist_sized_digits(size)
             path = os.path.join(folder, f"digits28_{size}.npz")
             np.savez(path, images=images, labels=labels)
             row = run_once(path, args)
+            ratio = row["eval_s"] / max(row["train_s"], 1e-9)
             print(
                 f"{size:>8} {row['train_s']:>9.1f} {row['eval_s']:>8.1f} "
-                f"{row['wall_s']:>8.1f} {row['peak_rss_mb']:>8.0f}",
+                f"{ratio:>10.2f} {row['wall_s']:>8.1f} {row['peak_rss_mb']:>8.0f}",
                 flush=True,
             )
 
