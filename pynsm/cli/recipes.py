@@ -262,6 +262,9 @@ MODELS: dict[str, ModelSpec] = {
         cpu_threads=1,
         min_image_size=3,
     ),
+    # the SSL models run small convolutions on 8x8 crops: on a busy 2-core machine
+    # two threads spent most of their time waiting on each other (100 epochs of
+    # PMSN: 443 s on one thread; MSN and SwaV on two were not done after 34 min)
     "msn": ModelSpec(
         build=_msn,
         optimizer=torch.optim.AdamW,
@@ -270,6 +273,7 @@ MODELS: dict[str, ModelSpec] = {
         batch_size=64,
         probe_c=1.0,
         self_supervised=True,
+        cpu_threads=1,
         min_image_size=4,
         square_images=True,
         optimizer_kwargs={"weight_decay": 0.05},
@@ -283,6 +287,7 @@ MODELS: dict[str, ModelSpec] = {
         batch_size=64,
         probe_c=1.0,
         self_supervised=True,
+        cpu_threads=1,
         min_image_size=4,
         square_images=True,
         optimizer_kwargs={"weight_decay": 0.05},
@@ -296,6 +301,7 @@ MODELS: dict[str, ModelSpec] = {
         batch_size=64,
         probe_c=1.0,
         self_supervised=True,
+        cpu_threads=1,
         min_image_size=4,
         square_images=True,
         optimizer_kwargs={"weight_decay": 0.05},
