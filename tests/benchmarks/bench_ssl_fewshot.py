@@ -143,7 +143,7 @@ def main() -> None:
         seconds = fit(model, name, epochs, args.seed, train)
         after = readouts(model, train, test)
         moved = [
-            float((p.detach() - q).norm() / q.norm())
+            float((p.detach() - q.detach()).norm() / q.detach().norm())
             for p, q in zip(model.backbone.parameters(), initial.backbone.parameters())
             if p.dim() > 1
         ]
