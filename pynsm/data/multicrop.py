@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from pynsm.validation import check_int
+
 
 def _check_range(
     name: str, value: tuple[float, float], low: float, high: float
@@ -57,8 +59,7 @@ def random_resized_crop(
             "images must be a floating-point tensor [B, C, H, W], got "
             f"{images.dtype} of shape {tuple(images.shape)}"
         )
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    size = check_int("size", size, minimum=1)
     _check_range("scale", scale, 0.0, 1.0)
     _check_range("ratio", ratio, 0.0, math.inf)
     if not 0.0 <= flip_p <= 1.0:
@@ -137,11 +138,9 @@ class MultiCrop(nn.Module):
         clamp: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__()
-        for name, value in [("global_size", global_size), ("local_size", local_size)]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(num_local, int) or num_local < 0:
-            raise ValueError(f"num_local must be a non-negative int, got {num_local!r}")
+        global_size = check_int("global_size", global_size, minimum=1)
+        local_size = check_int("local_size", local_size, minimum=1)
+        num_local = check_int("num_local", num_local, minimum=0)
         _check_range("global_scale", global_scale, 0.0, 1.0)
         _check_range("local_scale", local_scale, 0.0, 1.0)
         _check_range("ratio", ratio, 0.0, math.inf)

@@ -7,10 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+from pynsm.validation import check_int
 
 
 class ProjectionHead(nn.Module):
@@ -40,8 +37,8 @@ class ProjectionHead(nn.Module):
             raise ValueError("blocks must hold at least one block")
         layers: list[nn.Module] = []
         for input_dim, output_dim, batch_norm, activation in blocks:
-            _check_positive("input_dim", input_dim)
-            _check_positive("output_dim", output_dim)
+            input_dim = check_int("input_dim", input_dim, minimum=1)
+            output_dim = check_int("output_dim", output_dim, minimum=1)
             layers.append(nn.Linear(input_dim, output_dim, bias=batch_norm is None))
             if batch_norm is not None:
                 layers.append(batch_norm)
@@ -73,7 +70,7 @@ class MSNProjectionHead(ProjectionHead):
     def __init__(
         self, input_dim: int = 384, hidden_dim: int = 2048, output_dim: int = 256
     ) -> None:
-        _check_positive("hidden_dim", hidden_dim)
+        hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)
         super().__init__(
             [
                 (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.GELU()),
@@ -101,7 +98,7 @@ class SwaVProjectionHead(ProjectionHead):
     def __init__(
         self, input_dim: int = 2048, hidden_dim: int = 2048, output_dim: int = 128
     ) -> None:
-        _check_positive("hidden_dim", hidden_dim)
+        hidden_dim = check_int("hidden_dim", hidden_dim, minimum=1)
         super().__init__(
             [
                 (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
@@ -129,8 +126,8 @@ class MSNPrototypes(nn.Module):
 
     def __init__(self, input_dim: int = 256, n_prototypes: int = 1024) -> None:
         super().__init__()
-        _check_positive("input_dim", input_dim)
-        _check_positive("n_prototypes", n_prototypes)
+        input_dim = check_int("input_dim", input_dim, minimum=1)
+        n_prototypes = check_int("n_prototypes", n_prototypes, minimum=1)
         initial = nn.Linear(input_dim, n_prototypes, bias=False).weight
         self.weight = nn.Parameter(initial.detach().clone())
 
@@ -181,19 +178,16 @@ class SwaVPrototypes(nn.Module):
         n_steps_frozen_prototypes: int = 0,
     ) -> None:
         super().__init__()
-        _check_positive("input_dim", input_dim)
-        counts = [n_prototypes] if isinstance(n_prototypes, int) else list(n_prototypes)
+        input_dim = check_int("input_dim", input_dim, minimum=1)
+        multi_head = isinstance(n_prototypes, Sequence)
+        counts = list(n_prototypes) if multi_head else [n_prototypes]
         if len(counts) == 0:
             raise ValueError("n_prototypes must be a positive int or a non-empty list")
-        for count in counts:
-            _check_positive("n_prototypes", count)
-        frozen_steps = n_steps_frozen_prototypes
-        if not isinstance(frozen_steps, int) or frozen_steps < 0:
-            raise ValueError(
-                "n_steps_frozen_prototypes must be a non-negative int, got "
-                f"{n_steps_frozen_prototypes!r}"
-            )
-        self._multi_head = not isinstance(n_prototypes, int)
+        counts = [check_int("n_prototypes", count, minimum=1) for count in counts]
+        n_steps_frozen_prototypes = check_int(
+            "n_steps_frozen_prototypes", n_steps_frozen_prototypes, minimum=0
+        )
+        self._multi_head = multi_head
         self.n_steps_frozen_prototypes = n_steps_frozen_prototypes
         self.heads = nn.ModuleList(
             [nn.Linear(input_dim, count, bias=False) for count in counts]

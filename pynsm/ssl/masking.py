@@ -25,8 +25,7 @@ def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
         >>> num_kept_tokens(16, 0.15)
         14
     """
-    if not isinstance(num_tokens, int) or num_tokens < 1:
-        raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
+    num_tokens = check_int("num_tokens", num_tokens, minimum=1)
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
     return max(1, num_tokens - int(num_tokens * mask_ratio))

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from pynsm.losses.memory_bank import MemoryBankModule
+from pynsm.validation import check_int
 
 
 class SwaVQueue(nn.Module):
@@ -48,13 +49,11 @@ class SwaVQueue(nn.Module):
         self, queue_length: int, num_queues: int = 2, start_queue_at_epoch: int = 0
     ) -> None:
         super().__init__()
-        for name, value, low in [
-            ("queue_length", queue_length, 1),
-            ("num_queues", num_queues, 1),
-            ("start_queue_at_epoch", start_queue_at_epoch, 0),
-        ]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        queue_length = check_int("queue_length", queue_length, minimum=1)
+        num_queues = check_int("num_queues", num_queues, minimum=1)
+        start_queue_at_epoch = check_int(
+            "start_queue_at_epoch", start_queue_at_epoch, minimum=0
+        )
         self.queue_length = queue_length
         self.start_queue_at_epoch = start_queue_at_epoch
         self.banks = nn.ModuleList(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pynsm.validation import check_int
+
 
 class MaskedVisionTransformer(nn.Module):
     """Vision transformer (Dosovitskiy et al., 2020) that accepts kept-token indices.
@@ -53,16 +55,12 @@ class MaskedVisionTransformer(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in [
-            ("image_size", image_size),
-            ("patch_size", patch_size),
-            ("in_channels", in_channels),
-            ("embed_dim", embed_dim),
-            ("depth", depth),
-            ("num_heads", num_heads),
-        ]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        image_size = check_int("image_size", image_size, minimum=1)
+        patch_size = check_int("patch_size", patch_size, minimum=1)
+        in_channels = check_int("in_channels", in_channels, minimum=1)
+        embed_dim = check_int("embed_dim", embed_dim, minimum=1)
+        depth = check_int("depth", depth, minimum=1)
+        num_heads = check_int("num_heads", num_heads, minimum=1)
         if image_size % patch_size != 0:
             raise ValueError(
                 f"patch_size ({patch_size}) must divide image_size ({image_size})"

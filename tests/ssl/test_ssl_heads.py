@@ -102,3 +102,17 @@ def test_swav_prototypes_bad_arguments():
         SwaVPrototypes(8, n_prototypes=[])
     with pytest.raises(ValueError, match="n_steps_frozen_prototypes"):
         SwaVPrototypes(8, n_prototypes=3, n_steps_frozen_prototypes=-1)
+
+
+def test_integral_scalars_are_accepted_and_bools_refused():
+    import numpy as np
+
+    prototypes = SwaVPrototypes(np.int64(8), n_prototypes=[np.int32(5), 3])
+    assert [head.out_features for head in prototypes.heads] == [5, 3]
+    assert MSNPrototypes(torch.tensor(8), np.int64(4)).weight.shape == (4, 8)
+    head = MSNProjectionHead(np.int64(6), np.int64(12), np.int64(4))
+    assert head(torch.randn(3, 6)).shape == (3, 4)
+    with pytest.raises(TypeError, match="n_prototypes"):
+        MSNPrototypes(8, True)
+    with pytest.raises(TypeError, match="hidden_dim"):
+        SwaVProjectionHead(8, 4.0, 4)
