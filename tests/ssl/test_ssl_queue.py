@@ -104,3 +104,9 @@ def test_swav_with_queue_resumes_bit_identically(tmp_path):
             assert torch.equal(a, b), key
     for a, b in zip(straight.queue.banks, resumed.queue.banks):
         assert torch.equal(a.bank, b.bank)
+
+
+def test_queue_is_per_process_under_ddp():
+    # the Trainer leaves modules marked this way out of DDP's buffer broadcast, so
+    # every process keeps the features it enqueued (tests/train checks the effect)
+    assert SwaVQueue(queue_length=4).ddp_rank_local is True

@@ -86,8 +86,9 @@ class _QueueTask(nn.Module):
 
         self.linear = nn.Linear(3, 5)
         self.queue = SwaVQueue(queue_length=8, num_queues=2)
-        if mark_rank_local:
-            self.queue.ddp_rank_local = True
+        # SwaVQueue is marked per-rank by default; unmarking it shows what DDP's
+        # buffer broadcast would otherwise do to it
+        self.queue.ddp_rank_local = mark_rank_local
         self.register_buffer("shared", torch.zeros(1))
         self.enqueued: list[torch.Tensor] = []
         self.shared_seen: list[float] = []
