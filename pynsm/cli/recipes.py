@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["ModelSpec", "MODELS", "compact_pool"]
+__all__ = ["ModelSpec", "MODELS"]
 
 #: ``build(channels, side, classes) -> task``: ``side`` is the image height.
 BuildFn = Callable[[int, int, int], nn.Module]
@@ -61,37 +61,6 @@ class ModelSpec:
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scheduler: SchedulerFn | None = None
     grad_clip_norm: float | None = None
-
-
-def compact_pool(y: torch.Tensor, max_side: int = 6) -> torch.Tensor:
-    """Readout features of a convolutional circuit, at most ``max_side`` per side.
-
-    An overlapping 3×3 max-pool (stride 1) first, so that small shifts of a stroke
-    light the same feature, which the linear readout needs; then, for large maps,
-    an adaptive average pool down to ``max_side × max_side`` so the readout stays
-    small (50 channels × 6 × 6 = 1,800 numbers an image for 28×28 inputs instead
-    of 28,800) and evaluation scales to 60,000 images.
-
-    Args:
-        y: ``[B, C, H, W]`` circuit output.
-        max_side: Largest height/width of the pooled map.
-
-    Returns:
-        ``[B, C, h, w]`` with ``h, w <= max_side``.
-
-    Example:
-        >>> import torch
-        >>> compact_pool(torch.randn(2, 50, 6, 6)).shape
-        torch.Size([2, 50, 4, 4])
-        >>> compact_pool(torch.randn(2, 50, 26, 26)).shape
-        torch.Size([2, 50, 6, 6])
-    """
-    if min(y.shape[-2:]) >= 3:
-        y = nn.functional.max_pool2d(y, kernel_size=3, stride=1)
-    if max(y.shape[-2:]) > max_side:
-        side = (min(y.shape[-2], max_side), min(y.shape[-1], max_side))
-        y = nn.functional.adaptive_avg_pool2d(y, side)
-    return y
 
 
 class _Scale(nn.Module):
@@ -236,6 +205,25 @@ def _ssl_schedule(
     )
 
 
+def _ssl_spec(build: BuildFn) -> ModelSpec:
+    """The recipe MSN, PMSN and SwaV share (measured on digits, see
+    docs/benchmarks.md): AdamW with weight decay, 100 epochs, warm-up then cosine."""
+    return ModelSpec(
+        build=build,
+        optimizer=torch.optim.AdamW,
+        lr=1e-3,
+        epochs=100,
+        batch_size=64,
+        probe_c=1.0,
+        self_supervised=True,
+        cpu_threads=1,
+        min_image_size=4,
+        square_images=True,
+        optimizer_kwargs={"weight_decay": 0.05},
+        scheduler=_ssl_schedule,
+    )
+
+
 #: The recipe of every ``--model``, by name.
 MODELS: dict[str, ModelSpec] = {
     # circuits run 60 tiny inner iterations per batch: thread start-up costs more
@@ -265,46 +253,7 @@ MODELS: dict[str, ModelSpec] = {
     # the SSL models run small convolutions on 8x8 crops: on a busy 2-core machine
     # two threads spent most of their time waiting on each other (100 epochs of
     # PMSN: 443 s on one thread; MSN and SwaV on two were not done after 34 min)
-    "msn": ModelSpec(
-        build=_msn,
-        optimizer=torch.optim.AdamW,
-        lr=1e-3,
-        epochs=100,
-        batch_size=64,
-        probe_c=1.0,
-        self_supervised=True,
-        cpu_threads=1,
-        min_image_size=4,
-        square_images=True,
-        optimizer_kwargs={"weight_decay": 0.05},
-        scheduler=_ssl_schedule,
-    ),
-    "pmsn": ModelSpec(
-        build=_pmsn,
-        optimizer=torch.optim.AdamW,
-        lr=1e-3,
-        epochs=100,
-        batch_size=64,
-        probe_c=1.0,
-        self_supervised=True,
-        cpu_threads=1,
-        min_image_size=4,
-        square_images=True,
-        optimizer_kwargs={"weight_decay": 0.05},
-        scheduler=_ssl_schedule,
-    ),
-    "swav": ModelSpec(
-        build=_swav,
-        optimizer=torch.optim.AdamW,
-        lr=1e-3,
-        epochs=100,
-        batch_size=64,
-        probe_c=1.0,
-        self_supervised=True,
-        cpu_threads=1,
-        min_image_size=4,
-        square_images=True,
-        optimizer_kwargs={"weight_decay": 0.05},
-        scheduler=_ssl_schedule,
-    ),
+    "msn": _ssl_spec(_msn),
+    "pmsn": _ssl_spec(_pmsn),
+    "swav": _ssl_spec(_swav),
 }

@@ -193,14 +193,7 @@ def checkpoint_metadata(plan: Plan) -> dict[str, Any]:
 
 def evaluate_run(result: dict[str, Any], plan: Plan, task: nn.Module) -> None:
     """Readouts of the trained model (and its own prediction, if it has one)."""
-    trained = evaluate.readouts(
-        evaluate.embed(task, plan.train_set),
-        evaluate.embed(task, plan.test_set),
-        plan.spec.probe_c,
-    )
-    result["fewshot_accuracy"] = trained["fewshot"]
-    result["test_accuracy"] = trained["linear"]
-    result["knn_accuracy"] = trained["knn"]
+    _store(result, "", _model_readouts(plan, task), linear_key="test_accuracy")
     circuit = evaluate.circuit_accuracy(task, plan.test_set)
     if circuit is not None:
         result["circuit_accuracy"] = circuit
@@ -244,17 +237,27 @@ def report(
 
 def _record_baselines(result: dict[str, Any], plan: Plan, task: nn.Module) -> None:
     pixels = evaluate.pixel_readouts(plan.train_set, plan.test_set, plan.spec.probe_c)
-    result["pixel_fewshot_accuracy"] = pixels["fewshot"]
-    result["pixel_accuracy"] = pixels["linear"]
-    result["pixel_knn_accuracy"] = pixels["knn"]
-    untrained = evaluate.readouts(
+    _store(result, "pixel_", pixels, linear_key="pixel_accuracy")
+    untrained = _model_readouts(plan, task)
+    _store(result, "random_init_", untrained, linear_key="random_init_accuracy")
+
+
+def _model_readouts(plan: Plan, task: nn.Module) -> dict[str, Any]:
+    """k-shot, all-label and kNN readouts of the task's features on the split."""
+    return evaluate.readouts(
         evaluate.embed(task, plan.train_set),
         evaluate.embed(task, plan.test_set),
         plan.spec.probe_c,
     )
-    result["random_init_fewshot_accuracy"] = untrained["fewshot"]
-    result["random_init_accuracy"] = untrained["linear"]
-    result["random_init_knn_accuracy"] = untrained["knn"]
+
+
+def _store(
+    result: dict[str, Any], prefix: str, readouts: dict[str, Any], linear_key: str
+) -> None:
+    # the all-label probe keeps its historical key (test_accuracy for the model)
+    result[f"{prefix}fewshot_accuracy"] = readouts["fewshot"]
+    result[linear_key] = readouts["linear"]
+    result[f"{prefix}knn_accuracy"] = readouts["knn"]
 
 
 def _timed(result: dict[str, Any], work: Any) -> None:

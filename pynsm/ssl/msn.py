@@ -201,7 +201,7 @@ class MSN(nn.Module):
             )
         self.multicrop = multicrop
         if criterion is None:
-            criterion = _make_msn_loss(
+            criterion = MSNLoss(
                 temperature=temperature,
                 sinkhorn_iterations=sinkhorn_iterations,
                 regularization_weight=regularization_weight,
@@ -321,13 +321,3 @@ def default_patch_size(image_size: int) -> int:
 def _default_focal_size(image_size: int, patch_size: int) -> int:
     # half the image, rounded down to whole patches (at least one patch)
     return max(patch_size, (image_size // 2) // patch_size * patch_size)
-
-
-def _make_msn_loss(
-    target_distribution: TargetDistribution, power_law_exponent: float, **kwargs
-) -> nn.Module:
-    return MSNLoss(
-        target_distribution=target_distribution,
-        power_law_exponent=power_law_exponent,
-        **kwargs,
-    )
