@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["ModelSpec", "MODELS"]
+__all__ = ["ModelSpec", "MODELS", "LARGE_MODELS", "select_recipe"]
 
 #: ``build(channels, side, classes) -> task``: ``side`` is the image height.
 BuildFn = Callable[[int, int, int], nn.Module]
@@ -257,3 +257,31 @@ MODELS: dict[str, ModelSpec] = {
     "pmsn": _ssl_spec(_pmsn),
     "swav": _ssl_spec(_swav),
 }
+
+
+#: The recipes for images larger than 16x16 (MNIST-sized data, 28x28 and up),
+#: by model; a model missing here uses its :data:`MODELS` recipe there too.
+LARGE_MODELS: dict[str, ModelSpec] = {}
+
+#: Images up to this height and width get the :data:`MODELS` ("small") recipes.
+SMALL_IMAGE_SIDE = 16
+
+
+def select_recipe(model: str, height: int, width: int) -> tuple[str, ModelSpec]:
+    """The recipe of ``model`` for images of ``height x width``: ``(name, spec)``.
+
+    Recipes are chosen by what the data is, not by its name, so any 28x28 gray
+    ``.npz`` gets the recipe measured on MNIST. ``name`` is ``"small"`` (images up
+    to 16x16, tuned on the 8x8 digits) or ``"large"`` (tuned on 28x28 MNIST); it
+    is recorded in reports and checkpoints.
+
+    Example:
+        >>> from pynsm.cli.recipes import select_recipe
+        >>> select_recipe("sm", 8, 8)[0], select_recipe("sm", 28, 28)[0]
+        ('small', 'large')
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {sorted(MODELS)}")
+    if max(height, width) <= SMALL_IMAGE_SIDE:
+        return "small", MODELS[model]
+    return "large", LARGE_MODELS.get(model, MODELS[model])
