@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pynsm import distributed
+from pynsm.losses._numerics import warn_skipped
 from pynsm.validation import check_bool, check_int
 
 __all__ = ["MemoryBankModule"]
@@ -35,9 +36,11 @@ class MemoryBankModule(nn.Module):
     :class:`~pynsm.losses.CO2Regularizer` subclass it so that, when the bank length
     is positive, its entries serve as negatives (MoCo, He et al. 2020,
     https://arxiv.org/abs/1911.05722). The bank starts as random unit vectors; each
-    update overwrites the oldest entries with the new batch (a ring buffer: when a
-    batch reaches the end, its remaining rows wrap around to the start; a batch
-    longer than the bank keeps its newest rows).
+    update writes the batch from the write position on. As in lightly, a batch
+    that reaches the end of the bank fills it up to the end, its remaining rows are
+    dropped, and the next batch starts again at entry 0 (so a batch longer than
+    the bank keeps its first rows). A batch holding a non-finite value is not
+    stored (``RuntimeWarning``; the bank and its position stay as they were).
 
     Constructor and layout follow lightly (>= 1.4.26), so code written for
     ``lightly.loss.MemoryBankModule`` runs unchanged:
@@ -55,8 +58,6 @@ class MemoryBankModule(nn.Module):
     run is exact. Loading adopts the saved bank's shape (a bank not yet allocated
     can receive one, and vice versa); a ``state_dict`` without them (saved by
     lightly or pynsm 1.0.1, where the bank was not saved) leaves the bank as it is.
-    Unlike lightly, a batch that reaches the end of the bank wraps around instead
-    of being cut off, so no embedding is dropped.
 
     Args:
         size: Bank length, or ``(length, *dims)`` to allocate the bank now.
@@ -128,16 +129,25 @@ class MemoryBankModule(nn.Module):
     def _dequeue_and_enqueue(self, batch: torch.Tensor) -> None:
         batch = batch.detach()
         if self.gather_distributed and distributed.world_size() > 1:
-            batch = distributed.gather(batch)
+            batch = distributed.gather(batch)  # the same rows on every process
+        # the pointer is read on the host anyway: fetch the finiteness flag with
+        # it, so skipping a non-finite batch costs no extra device sync
+        flags = torch.stack(
+            [torch.isfinite(batch).all().to(self.bank_ptr), self.bank_ptr[0]]
+        )
+        finite, ptr = flags.tolist()
+        if not finite:
+            warn_skipped(f"{type(self).__name__} memory bank")
+            return
+        # lightly's rule: fill up to the end of the bank, drop the rest of the
+        # batch, and start again at 0
         length = self.size[0]
-        batch = batch[-length:]  # a batch longer than the bank: its newest rows
-        ptr = int(self.bank_ptr)
-        first = min(batch.shape[0], length - ptr)
-        self.bank[ptr : ptr + first] = batch[:first].to(self.bank)
-        rest = batch.shape[0] - first  # rows that wrap around to the start
-        if rest:
-            self.bank[:rest] = batch[first:].to(self.bank)
-        self.bank_ptr[0] = (ptr + batch.shape[0]) % length
+        if ptr + batch.shape[0] >= length:
+            self.bank[ptr:] = batch[: length - ptr].to(self.bank)
+            self.bank_ptr.zero_()
+        else:
+            self.bank[ptr : ptr + batch.shape[0]] = batch.to(self.bank)
+            self.bank_ptr[0] = ptr + batch.shape[0]
 
     def forward(
         self,

@@ -33,13 +33,15 @@ def test_memory_bank_layout_and_contents(feature_dim_first):
     torch.manual_seed(0)
     mine = ours.MemoryBankModule(size=(8, 3), feature_dim_first=feature_dim_first)
     torch.testing.assert_close(mine.bank, theirs.bank)
-    for _ in range(4):  # 4 * 2 rows: exactly fills the bank, no wrap-around
-        batch = torch.randn(2, 3)
+    # batches of 2 fill the bank exactly; 3 and 5 overflow it (lightly drops the
+    # rest of the batch and restarts at 0); 11 is longer than the bank
+    for size in (2, 2, 2, 2, 3, 3, 3, 5, 2, 11, 3):
+        batch = torch.randn(size, 3)
         torch.testing.assert_close(
             mine(batch, update=True)[1], theirs(batch, update=True)[1]
         )
-    torch.testing.assert_close(mine.bank, theirs.bank)
-    assert int(mine.bank_ptr) == int(theirs.bank_ptr)
+        torch.testing.assert_close(mine.bank, theirs.bank)
+        assert int(mine.bank_ptr) == int(theirs.bank_ptr)
 
 
 def test_moco_loss_with_tuple_memory_bank():

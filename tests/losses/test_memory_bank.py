@@ -66,34 +66,104 @@ def test_multi_dimensional_entries():
     assert lazy(batch)[1].shape == (5, 2, 3)
 
 
-def test_fifo_update_returns_entries_from_before_the_update():
+def _lightly_rule(bank, ptr, batch):
+    """lightly's update on plain lists: fill to the end, drop the rest, restart."""
+    if ptr + len(batch) >= len(bank):
+        bank[ptr:] = batch[: len(bank) - ptr]
+        return 0
+    bank[ptr : ptr + len(batch)] = batch
+    return ptr + len(batch)
+
+
+@pytest.mark.parametrize("batch_sizes", [[2, 2, 2, 2], [3, 3, 3], [4, 1, 7, 2, 5]])
+def test_update_fills_to_the_end_drops_the_rest_and_restarts(batch_sizes):
     memory = MemoryBankModule(size=(5, 3)).double()
-    batches = [torch.randn(2, 3, dtype=torch.float64) for _ in range(4)]
-    stored = list(memory.bank.clone())  # plain FIFO list model of the bank
-    for batch in batches:
+    model, ptr = list(memory.bank.clone()), 0
+    for size in batch_sizes:
+        batch = torch.randn(size, 3, dtype=torch.float64)
         before = memory.bank.clone()
         _, returned = memory(batch, update=True)
         torch.testing.assert_close(returned, before.T)
-        for row in batch:
-            stored.append(row)
-            stored.pop(0)
-    # 8 rows through a ring of 5: rows 3..7 survive, at (arrival index) mod 5
-    arrivals = torch.cat(batches)
-    expected = torch.empty(5, 3, dtype=torch.float64)
-    for index in range(3, 8):
-        expected[index % 5] = arrivals[index]
-    torch.testing.assert_close(memory.bank, expected)
-    ptr = int(memory.bank_ptr)
-    assert ptr == 8 % 5
-    by_age = torch.stack([memory.bank[(ptr + j) % 5] for j in range(5)])
-    torch.testing.assert_close(by_age, torch.stack(stored))
+        ptr = _lightly_rule(model, ptr, list(batch))
+        torch.testing.assert_close(memory.bank, torch.stack(model))
+        assert int(memory.bank_ptr) == ptr
 
 
-def test_batch_larger_than_bank_keeps_newest_rows():
+def test_overflow_matches_lightly_forward_test():
+    # lightly's TestMemoryBank.test_forward: two batches of 3 through a bank of 5
+    torch.manual_seed(0)
+    memory = MemoryBankModule(size=(5, 2), feature_dim_first=False)
+    x0, x1, x2 = torch.randn(3, 2), torch.randn(3, 2), torch.randn(3, 2)
+    out0, bank0 = memory(x0, update=True)
+    assert out0.tolist() == x0.tolist() and bank0.shape == (5, 2)
+    assert bank0[:3].tolist() != x0.tolist()
+    assert memory.bank[:3].tolist() == x0.tolist()
+    out1, bank1 = memory(x1, update=True)
+    assert out1.tolist() == x1.tolist()
+    assert bank1[:3].tolist() == x0.tolist()
+    assert bank1[3:].tolist() != x1[:2].tolist()
+    # slots 3-4 take x1's first two rows, x1[2] is dropped, the pointer restarts
+    assert memory.bank.tolist() == torch.cat([x0, x1[:2]]).tolist()
+    assert int(memory.bank_ptr) == 0
+    out2, bank2 = memory(x2, update=True)
+    assert out2.tolist() == x2.tolist()
+    assert bank2.tolist() == torch.cat([x0, x1[:2]]).tolist()
+    assert memory.bank.tolist() == torch.cat([x2, x1[:2]]).tolist()
+    assert int(memory.bank_ptr) == 3
+
+
+def test_lazy_size_and_dim_first_as_lightly_tests():
+    # lightly's test_forward__no_dim and test_forward__dim_first
+    memory = MemoryBankModule(size=5, feature_dim_first=False)
+    x0 = torch.randn(3, 2)
+    _, bank0 = memory(x0, update=True)
+    assert bank0.shape == (5, 2) and memory.bank.shape == (5, 2)
+    assert memory.bank[:3].tolist() == x0.tolist()
+    memory = MemoryBankModule(size=(5, 2), feature_dim_first=True)
+    memory(x0, update=True)
+    _, bank1 = memory(torch.randn(3, 2), update=True)
+    assert bank1.shape == (2, 5) and bank1[:, :3].tolist() == x0.T.tolist()
+
+
+@pytest.mark.parametrize("size", [9, 10])
+def test_each_batch_is_stored_where_lightly_stores_it(size):
+    # lightly's TestNTXentLoss.test_forward_easy (size 9) and, with a bank that
+    # the batch size does not divide, the slots that the dropping rule gives
+    memory, ptr = MemoryBankModule(size=size), 0
+    for _ in range(33):
+        batch = torch.randn(3, 2)
+        _, current = memory(batch, update=True)
+        stored = min(3, size - ptr)
+        assert (batch[:stored].T - current[:, ptr : ptr + stored]).norm() > 1e-5
+        torch.testing.assert_close(memory.bank[ptr : ptr + stored], batch[:stored])
+        ptr = 0 if ptr + 3 >= size else ptr + 3
+        assert int(memory.bank_ptr) == ptr
+
+
+def test_batch_larger_than_bank_keeps_its_first_rows():
     memory = MemoryBankModule(size=3).double()
     batch = torch.randn(7, 2, dtype=torch.float64)
     memory(batch, update=True)
-    assert sorted(memory.bank.tolist()) == sorted(batch[-3:].tolist())
+    torch.testing.assert_close(memory.bank, batch[:3])
+    assert int(memory.bank_ptr) == 0
+    memory(batch[:2], update=True)
+    memory(batch, update=True)  # from slot 2: one row fits, the rest is dropped
+    torch.testing.assert_close(memory.bank, torch.cat([batch[:2], batch[:1]]))
+
+
+def test_non_finite_batch_is_not_stored():
+    memory = MemoryBankModule(size=(5, 3))
+    memory(torch.randn(2, 3), update=True)
+    before, ptr = memory.bank.clone(), int(memory.bank_ptr)
+    for bad in (float("nan"), float("inf")):
+        batch = torch.randn(2, 3)
+        batch[1, 2] = bad
+        with pytest.warns(RuntimeWarning, match="non-finite"):
+            memory(batch, update=True)
+        assert torch.equal(memory.bank, before) and int(memory.bank_ptr) == ptr
+    good = torch.randn(2, 3)
+    memory(good, update=True)
+    torch.testing.assert_close(memory.bank[2:4], good)
 
 
 def test_returned_bank_is_detached_copy_and_no_update_by_default():
@@ -170,14 +240,14 @@ def test_wrong_output_shape_raises():
 
 def test_state_dict_resumes_exactly():
     source = MemoryBankModule(size=7)
-    for _ in range(3):
+    for _ in range(4):  # 3 + 3 + 1 (2 dropped), then 3: mid-bank
         source(torch.randn(3, 4), update=True)
     state = source.state_dict()
     assert set(state) == {"bank", "bank_ptr"}
     resumed = MemoryBankModule(size=7)  # not yet allocated: adopts the saved shape
     resumed.load_state_dict(state)
     torch.testing.assert_close(resumed.bank, source.bank)
-    assert int(resumed.bank_ptr) == int(source.bank_ptr) == 2
+    assert int(resumed.bank_ptr) == int(source.bank_ptr) == 3
     batch = torch.randn(3, 4)
     torch.testing.assert_close(
         resumed(batch, update=True)[1], source(batch, update=True)[1]

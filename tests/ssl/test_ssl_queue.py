@@ -24,10 +24,14 @@ def test_queue_fills_first_in_first_out():
     for view in range(2):
         torch.testing.assert_close(after_one[view][:4], b1[view])
     after_two = queue(b3, epoch=0)
+    after_three = queue(b1, epoch=0)
     for view in range(2):
-        # b2 filled the last two slots, then wrapped over the oldest entries of b1
-        expected = torch.cat([b2[view][2:], b1[view][2:], b2[view][:2]])
+        # b2 filled the last two slots, the rest of it was dropped (as lightly)
+        expected = torch.cat([b1[view], b2[view][:2]])
         torch.testing.assert_close(after_two[view], expected)
+        # and b3 started again at the first slot
+        expected = torch.cat([b3[view], b2[view][:2]])
+        torch.testing.assert_close(after_three[view], expected)
 
 
 def test_queue_does_not_keep_gradients():
