@@ -1,13 +1,19 @@
-"""Private numerics helpers shared by the clustering losses.
+"""Private numerics helpers shared by the losses.
 
 The clustering losses exponentiate scores divided by small temperatures, so they are
 computed in at least float32 and outside autocast: a bf16/fp16 ``exp`` or ``log``
 there loses every significant digit (or overflows) long before float32 does.
+
+Running statistics (DINO and iBOT centres, TiCo's covariance, whitening statistics,
+memory banks, momentum targets) outlive the batch that fed them: one non-finite
+batch folded in makes every later loss non-finite. :func:`update_if_finite` keeps
+the old state instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -29,6 +35,43 @@ def autocast_disabled(tensor: torch.Tensor) -> Iterator[None]:
         return
     with torch.autocast(device_type=device_type, enabled=False):
         yield
+
+
+def warn_skipped(what: str) -> None:
+    """Warn that the update of the running statistic ``what`` was skipped."""
+    warnings.warn(
+        f"{what}: the batch holds non-finite values (nan or inf); the update was "
+        "skipped and the previous state kept",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+@torch.no_grad()
+def update_if_finite(state: torch.Tensor, new: torch.Tensor, what: str) -> None:
+    """Copy ``new`` into the running statistic ``state``, unless ``new`` is not finite.
+
+    One ``torch.isfinite(new).all()`` per update. On the CPU the answer is a Python
+    bool at no cost: a non-finite ``new`` is skipped with a ``RuntimeWarning``. On an
+    accelerator, reading it would stall the host until the device catches up, so
+    ``torch.where`` keeps the old state on the device instead, without a warning
+    (the loss of that batch is non-finite too, which the caller sees). Call it after
+    any all-reduce: every process then holds the same ``new`` and takes the same
+    decision.
+
+    Args:
+        state: The statistic, updated in place.
+        new: Its proposed next value, broadcastable to ``state``.
+        what: Name of the statistic for the warning, e.g. ``"DINOLoss centre"``.
+    """
+    finite = torch.isfinite(new).all()
+    if state.device.type == "cpu":
+        if not finite:
+            warn_skipped(what)
+            return
+        state.copy_(new)
+    else:
+        state.copy_(torch.where(finite, new.to(state.dtype), state))
 
 
 class _Gram(torch.autograd.Function):
