@@ -50,8 +50,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     A subclass of :class:`KeyboardInterrupt`, so code that catches ``Exception``
     does not swallow it. It is raised only once any checkpoint write in progress
-    has finished (the last checkpoint is intact, no temporary file is left) and
-    after the process group the trainer created is destroyed.
+    has finished (the last checkpoint is intact, no temporary file is left).
 
     Attributes:
         signum: The signal number.

@@ -1,4 +1,13 @@
-"""Turn SIGINT/SIGTERM into a clean stop that never cuts a checkpoint write in half."""
+"""Turn SIGINT/SIGTERM into a clean stop that never cuts a checkpoint write in half.
+
+A Python signal handler runs only when the main thread executes Python code. A
+process waiting inside torch's C++ code for the other processes (the rendezvous
+of ``init_process_group``, a collective while rank 0 evaluates) would therefore
+hold the signal until the wait ends, which may be never. Such waits run inside
+:meth:`SignalGuard.blocking`, where the signal's default action applies: the
+process ends at once (status 143 for SIGTERM, 130 for SIGINT, as a shell or a
+scheduler reports it). Nothing is lost: no checkpoint is being written there.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +69,28 @@ class SignalGuard:
             signal.signal(signum, handler)
         self._previous.clear()
         self._pending = None
+
+    @contextlib.contextmanager
+    def blocking(self) -> Iterator[None]:
+        """A wait in C++ that a Python handler cannot interrupt (see the module
+        docstring): SIGINT and SIGTERM end the process at once while inside.
+
+        Example:
+            >>> import signal
+            >>> with SignalGuard() as guard, guard.blocking():
+            ...     signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+            True
+        """
+        if not self._previous or self._depth > 0:  # not active, or in a write
+            yield
+            return
+        for signum in self._previous:
+            signal.signal(signum, signal.SIG_DFL)
+        try:
+            yield
+        finally:
+            for signum in self._previous:
+                signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._depth > 0:

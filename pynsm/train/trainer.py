@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -20,10 +21,10 @@ from pynsm.train.errors import TrainingDiverged
 from pynsm.train.hooks import TaskForward, call_hook, check_task
 from pynsm.train.hooks import step_metrics as task_step_metrics
 from pynsm.train.launch import (
-    default_device,
     env_rank,
     env_world_size,
-    process_group_scope,
+    init_distributed_from_env,
+    resolve_device,
 )
 from pynsm.train.lock import checkpoint_lock
 from pynsm.train.optim import (
@@ -60,8 +61,8 @@ class Trainer:
     and distributed data parallel training under ``torchrun`` (gloo on the CPU,
     NCCL on CUDA; each process loads its share of every epoch through a
     :class:`~torch.utils.data.DistributedSampler`; only rank 0 shows progress and
-    writes checkpoints). A process group that :meth:`fit` starts, it also
-    destroys on every way out.
+    writes checkpoints). A process group that :meth:`fit` starts is kept for
+    later fits and destroyed when the process exits.
 
     Args:
         task: The task to train.
@@ -74,7 +75,8 @@ class Trainer:
         scheduler: A learning-rate scheduler instance or a callable
             ``optimizer -> scheduler``.
         scheduler_interval: Step the scheduler every ``"epoch"`` or ``"step"``.
-        device: Where to train (default: ``cuda:LOCAL_RANK`` if available, else CPU).
+        device: Where to train (default: ``cuda:LOCAL_RANK`` if available, else CPU);
+            a device this torch or machine does not have is a ``ValueError``.
         mixed_precision: ``"auto"`` (bf16 or fp16 on CUDA, off on the CPU),
             ``"bf16"``, ``"fp16"`` (CUDA only, with a ``GradScaler``) or ``"off"``.
         grad_clip_norm: Clip the global gradient norm to this value (> 0).
@@ -191,7 +193,7 @@ class Trainer:
 
         self.world_size = env_world_size()
         self.rank = env_rank()
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.precision = resolve_precision(mixed_precision, self.device)
         if sync_batchnorm and self.world_size > 1:
             if self.device.type != "cuda":
@@ -242,7 +244,10 @@ class Trainer:
             CheckpointInUseError: another run is writing :attr:`checkpoint_path`.
             TrainingDiverged: the loss became non-finite (``on_nonfinite="raise"``).
             TrainingInterrupted: SIGINT or SIGTERM arrived; any checkpoint write
-                finished first.
+                finished first. While the process waits for the others in C++
+                (the rendezvous; rank 0's ``epoch_metrics`` seen from the other
+                ranks) the signal ends the process at once instead (see
+                :mod:`pynsm.train.signals`).
         """
         check_not_empty(data)
         if resume:
@@ -250,18 +255,16 @@ class Trainer:
             if resume_path is None:
                 raise ValueError("resume=True needs a checkpoint_path")
         guard = SignalGuard()
-        with guard, process_group_scope() as created:
-            try:
-                self.world_size, self.rank = env_world_size(), env_rank()
-                with checkpoint_lock(self.checkpoint_path, self.rank, self.world_size):
-                    self._wrap_for_distributed()
-                    if resume:
-                        with guard.critical():  # a restore is not cut in half
-                            self.load_checkpoint(resume_path)
-                    self._run(self._loader(data), guard)
-            finally:
-                if created:  # the wrapper holds the group about to be destroyed
-                    self._forward, self._buffer_sync = TaskForward(self.task), None
+        with guard:
+            with guard.blocking():  # the rendezvous waits in C++ for the others
+                init_distributed_from_env()
+            self.world_size, self.rank = env_world_size(), env_rank()
+            with checkpoint_lock(self.checkpoint_path, self.rank, self.world_size):
+                self._wrap_for_distributed()
+                if resume:
+                    with guard.critical():  # a restore is not cut in half
+                        self.load_checkpoint(resume_path)
+                self._run(self._loader(data), guard)
         return self.history
 
     def _run(self, loader: DataLoader, guard: SignalGuard) -> None:
@@ -277,7 +280,7 @@ class Trainer:
         )
         try:
             for epoch in range(self.epoch, self.epochs):
-                self._train_epoch(loader, epoch, total_steps, bar)
+                self._train_epoch(loader, epoch, total_steps, bar, guard)
                 check_finite_weights(
                     self.task,
                     epoch=epoch,
@@ -292,7 +295,12 @@ class Trainer:
             bar.close()
 
     def _train_epoch(
-        self, loader: DataLoader, epoch: int, total_steps: int, bar: Any
+        self,
+        loader: DataLoader,
+        epoch: int,
+        total_steps: int,
+        bar: Any,
+        guard: SignalGuard,
     ) -> None:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -339,9 +347,13 @@ class Trainer:
             entry["skipped_steps"] = total_skipped
         entry.update(means)
         entry["seconds"] = time.perf_counter() - start
-        entry.update(
-            run_epoch_metrics(self.epoch_metrics, self.task, self.rank, self.world_size)
-        )
+        # the other ranks wait in C++ while rank 0 evaluates
+        with guard.blocking() if self.rank != 0 else contextlib.nullcontext():
+            entry.update(
+                run_epoch_metrics(
+                    self.epoch_metrics, self.task, self.rank, self.world_size
+                )
+            )
         self.epoch = epoch + 1
         self.history.append(entry)
         bar.set_postfix(postfix({k: v for k, v in entry.items() if k != "seconds"}))
@@ -387,9 +399,13 @@ class Trainer:
         return loss
 
     def _wrap_for_distributed(self) -> None:
-        if self.world_size <= 1 or not dist.is_initialized():
-            return
-        if isinstance(self._forward, TaskForward):
+        distributed = self.world_size > 1 and dist.is_initialized()
+        built_on = getattr(self._forward, "process_group", None)
+        if built_on is not None and not (distributed and built_on is dist.group.WORLD):
+            # the group the wrapper was built on is gone (destroyed or replaced
+            # by the caller between fits): wrap again on the current one
+            self._forward, self._buffer_sync = TaskForward(self.task), None
+        if distributed and isinstance(self._forward, TaskForward):
             self._forward, self._buffer_sync = wrap_ddp(
                 self._forward,
                 self.task,

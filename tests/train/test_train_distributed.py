@@ -11,6 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from pynsm.arch import SupervisedSimilarityMatching
 from pynsm.train import CircuitTask, Trainer
 
+# a hang among the processes fails in two minutes, not pytest-timeout's ten
+pytestmark = pytest.mark.timeout(120)
+
 
 def _setup():
     torch.manual_seed(0)
