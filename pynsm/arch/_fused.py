@@ -44,19 +44,32 @@ def make_update(competitor: torch.Tensor, lr: float, spatial: bool) -> Update:
     """
     size = competitor.shape[0]
     eye = torch.eye(size, dtype=competitor.dtype, device=competitor.device)
-    step = eye.sub_(competitor, alpha=lr)
+    return make_product(eye.sub_(competitor, alpha=lr), spatial)
+
+
+def make_product(matrix: torch.Tensor, spatial: bool) -> Update:
+    """Return `out <- drive + matrix y`, `matrix` `[C, C]` acting on the channels.
+
+    `drive` may be `out` itself (BLAS accumulates into it) or anything that
+    broadcasts to `y`'s shape.
+
+    Args:
+        matrix: `[C, C]`.
+        spatial: `y` is `[B, C, S]` (channels first) rather than rows `[B, C]`.
+    """
+    size = matrix.shape[0]
     if not spatial:
-        step_t = step.t()
+        matrix_t = matrix.t()
 
-        def update_rows(drive, y, out):
-            torch.addmm(drive, y, step_t, out=out)
+        def product_rows(drive, y, out):
+            torch.addmm(drive, y, matrix_t, out=out)
 
-        return update_rows
+        return product_rows
 
-    def update_spatial(drive, y, out):
-        torch.baddbmm(drive, step.expand(y.shape[0], size, size), y, out=out)
+    def product_spatial(drive, y, out):
+        torch.baddbmm(drive, matrix.expand(y.shape[0], size, size), y, out=out)
 
-    return update_spatial
+    return product_spatial
 
 
 def run_fused_iteration(

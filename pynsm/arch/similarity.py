@@ -29,10 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..validation import check_bool, check_choice, check_float, check_int
+from ._accelerated import solve_linear, solve_projected
 from ._fused import make_update, run_fused_iteration
 from .base import IterationLossModule
 
 _REGULARIZATIONS = ("weight", "whiten", "none")
+_SOLVERS = ("gradient", "accelerated")
 # projections that act element-wise and equal ReLU: the fused iteration applies them
 # in place
 _RELU_PROJECTIONS = (torch.relu, torch.relu_, F.relu, F.relu_)
@@ -95,9 +97,22 @@ class MultiSimilarityMatching(IterationLossModule):
         encoders: modules encoding the inputs, `W_k x_k`.
         out_channels: number of output channels `M` (an integer >= 1).
         tau: the competitor learns `1/tau` times faster than the encoders (> 0).
-        tol: the iteration stops after the first iteration (from the second on) in
-            which every element of `y` changed by less than `tol`; `0` disables it.
+        tol: with `solver="gradient"`, the iteration stops after the first
+            iteration (from the second on) in which every element of `y` changed
+            by less than `tol`; with `"accelerated"`, once the relative fixed-point
+            residual `||y - T(y)|| / ||y||` (`T` one plain step) is at most `tol`.
+            `0` disables it.
         max_iterations: maximum number of iterations in `forward()` (>= 0).
+        solver: how the fused strategy finds `y`. `"gradient"` (the default):
+            the plain steps above, exactly pynsm 1.0.1's. `"accelerated"`: the
+            same fixed point in fewer steps (see `pynsm.arch._accelerated`) -- a
+            direct solve of `M y = b` without projection, projected heavy-ball
+            steps with restart under one (a projection onto a convex set, e.g.
+            ReLU). It needs plain SGD and no scheduler (a `ValueError`
+            otherwise); `"iteration"` hooks are called after every step with
+            `module.y` the current iterate; a method of `fused_replaces` replaced
+            on the instance or in a subclass takes the general strategy, i.e. the
+            plain steps of the optimizer, as with `"gradient"`.
         regularization: `"weight"`, `"whiten"` or `"none"`, or one per encoder.
         **kwargs: passed to `IterationLossModule` (`iteration_projection`,
             `iteration_lr`, `iteration_optimizer`, ...).
@@ -139,6 +154,7 @@ class MultiSimilarityMatching(IterationLossModule):
         tol: float = 0.0,
         max_iterations: int = 40,
         regularization: str | Sequence[str] = "weight",
+        solver: str = "gradient",
         **kwargs: Any,
     ) -> None:
         super().__init__(max_iterations=max_iterations, **kwargs)
@@ -159,6 +175,7 @@ class MultiSimilarityMatching(IterationLossModule):
         out_channels = check_int("out_channels", out_channels, minimum=1)
         tau = check_float("tau", tau, minimum=0, strict=True)
         tol = check_float("tol", tol, minimum=0)
+        solver = check_choice("solver", solver, _SOLVERS)
 
         if isinstance(regularization, str):
             regularization = [regularization] * len(encoders)
@@ -180,7 +197,15 @@ class MultiSimilarityMatching(IterationLossModule):
         self.out_channels = out_channels
         self.tau = tau
         self.tol = tol
+        self.solver = solver
         self.regularization = regularization
+        if solver == "accelerated" and not self.fused_iteration_supported():
+            raise ValueError(
+                "solver='accelerated' needs the fused iteration: plain SGD "
+                "(iteration_optimizer=torch.optim.SGD with a number as lr and no "
+                "momentum or weight decay) and no iteration_scheduler; use "
+                "solver='gradient' with other optimizers"
+            )
 
         self.competitor = nn.Linear(out_channels, out_channels, bias=False)
         nn.init.eye_(self.competitor.weight)
@@ -333,8 +358,6 @@ class MultiSimilarityMatching(IterationLossModule):
         spatial = len(shape) > 2
         on_device = b.device.type != "cpu"
         with torch.no_grad():
-            drive = b if lr == 1 else b * lr
-            update = make_update(self.competitor.weight.to(b.dtype), lr, spatial)
             project_, elementwise = self._in_place_projection(shape)
 
             callback = None
@@ -344,22 +367,41 @@ class MultiSimilarityMatching(IterationLossModule):
                     self.y = y_flat.view(shape)
                     return on_iteration(idx)
 
-            # a host-device synchronisation per iteration is expensive on devices
-            check_every = _CHECK_EVERY_ON_ACCELERATOR if on_device else 1
             chunk_rows = None
             if elementwise and not on_device and torch.get_num_threads() == 1:
-                per_sample = max(1, math.prod(drive.shape[1:]))
+                per_sample = max(1, math.prod(b.shape[1:]))
                 chunk_rows = max(1, _CPU_BLOCK_ELEMENTS // per_sample)
-            y_flat, last_idx = run_fused_iteration(
-                drive,
-                update,
-                self.max_iterations,
-                project_,
-                tol=self.tol,
-                check_every=1 if callback is not None else check_every,
-                on_iteration=callback,
-                chunk_rows=chunk_rows,
-            )
+            weight = self.competitor.weight
+            if self.solver == "accelerated" and self.iteration_projection is None:
+                y_flat, last_idx = solve_linear(
+                    b, weight, lr, self.max_iterations, self.tol, callback
+                )
+            elif self.solver == "accelerated":
+                y_flat, last_idx = solve_projected(
+                    b,
+                    weight,
+                    lr,
+                    self.max_iterations,
+                    project_,
+                    tol=self.tol,
+                    on_iteration=callback,
+                    chunk_rows=chunk_rows,
+                )
+            else:
+                drive = b if lr == 1 else b * lr
+                update = make_update(weight.to(b.dtype), lr, spatial)
+                # a host-device synchronisation per iteration is expensive there
+                check_every = _CHECK_EVERY_ON_ACCELERATOR if on_device else 1
+                y_flat, last_idx = run_fused_iteration(
+                    drive,
+                    update,
+                    self.max_iterations,
+                    project_,
+                    tol=self.tol,
+                    check_every=1 if callback is not None else check_every,
+                    on_iteration=callback,
+                    chunk_rows=chunk_rows,
+                )
         self.y = y_flat.view(shape)
         return self.y, last_idx
 
