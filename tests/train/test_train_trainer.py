@@ -212,3 +212,22 @@ def test_mixed_precision_autocasts_the_loss_computation(precision, dtype):
     trainer.fit(TensorDataset(torch.randn(8, 4)))
     assert task.dtypes == [dtype, dtype]  # "auto" keeps float32 on the CPU
     assert task.linear.weight.dtype == torch.float32  # master weights stay fp32
+
+
+def test_a_device_this_torch_does_not_have_is_a_value_error(monkeypatch):
+    # pretend a CPU-only torch (as here) even on a machine with CUDA
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match=r"device='cuda' is not available.*'cpu'"):
+        Trainer(NoisyRegression(), device="cuda")
+    with pytest.raises(ValueError, match=r"device='gpu' is not a device name"):
+        Trainer(NoisyRegression(), device="gpu")
+
+
+def test_a_cuda_index_that_does_not_exist_is_a_value_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    task = NoisyRegression()
+    with pytest.raises(ValueError, match=r"'cuda:2'.* 2 CUDA device\(s\), cuda:0 to"):
+        Trainer(task, device="cuda:2")
+    assert all(p.device.type == "cpu" for p in task.parameters())  # left as it was
