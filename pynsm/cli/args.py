@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import Callable, NoReturn
 
+import torch
+
 from pynsm.cli.recipes import MODELS
 from pynsm.validation import check_float, check_int
 
@@ -25,6 +27,9 @@ __all__ = [
 MAX_COUNT = 2**31 - 1
 #: Largest --seed: seeds of NumPy, Python and torch all accept 0..2**32-1.
 MAX_SEED = 2**32 - 1
+#: Largest --lr: the optimizers store it in float32 tensors beside the weights,
+#: and a larger number ends in an overflow traceback instead of a message.
+MAX_FLOAT32 = float(torch.finfo(torch.float32).max)
 
 
 class UsageError(Exception):
@@ -56,7 +61,7 @@ def _integer(name: str, minimum: int, maximum: int) -> Callable[[str], int]:
     return parse
 
 
-def _positive_float(name: str) -> Callable[[str], float]:
+def _positive_float(name: str, maximum: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -65,7 +70,8 @@ def _positive_float(name: str) -> Callable[[str], float]:
                 f"{name} must be a number, got {text!r}"
             ) from None
         try:
-            return check_float(name, value, minimum=0.0, strict=True)
+            checked = check_float(name, value, minimum=0.0, strict=True)
+            return check_float(name, checked, maximum=maximum)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -73,12 +79,32 @@ def _positive_float(name: str) -> Callable[[str], float]:
 
 
 def _add_data_flags(command: argparse.ArgumentParser, default: str | None) -> None:
+    from pynsm.data import DATASET_NAMES
+
     command.add_argument(
         "--dataset",
         default=default,
-        help="'digits' (scikit-learn's, bundled) or a .npz file with 'images' "
-        "[N, H, W] or [N, C, H, W] and integer 'labels' [N] (any values: the "
-        "distinct labels, sorted, become classes 0..K-1)",
+        metavar="{" + ",".join(DATASET_NAMES) + ",PATH}",
+        help="a published dataset, evaluated on its standard test split "
+        "(mnist: 60,000 train / 10,000 test); 'digits' (scikit-learn's 8x8, "
+        "stratified 75/25 split); an image folder PATH/{train,test}/<class>/*.png; "
+        "or a .npz file with train_images, train_labels, test_images, test_labels "
+        "(split kept) or images [N, H, W] / [N, C, H, W] and integer labels [N] "
+        "(stratified 75/25 split; the distinct labels, sorted, become classes "
+        "0..K-1)",
+    )
+    command.add_argument(
+        "--data-dir",
+        help="folder of the published datasets, in torchvision's layout (e.g. "
+        "DIR/MNIST/raw/train-images-idx3-ubyte[.gz]); default: $PYNSM_DATA, else "
+        "~/.cache/pynsm",
+    )
+    command.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="fetch a missing published dataset from its official address "
+        "(checksummed; default: --no-download, a missing dataset is an error)",
     )
     command.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: auto)")
 
@@ -110,9 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=_integer("--batch-size", 1, MAX_COUNT),
         help="global batch size (split over torchrun processes)",
     )
-    train.add_argument("--lr", type=_positive_float("--lr"), help="learning rate")
+    train.add_argument(
+        "--lr",
+        type=_positive_float("--lr", MAX_FLOAT32),
+        help="learning rate (> 0, at most float32's largest number)",
+    )
     train.add_argument(
         "--seed", type=_integer("--seed", 0, MAX_SEED), default=0, help="random seed"
+    )
+    train.add_argument(
+        "--num-workers",
+        type=_integer("--num-workers", 0, 256),
+        default=0,
+        help="DataLoader worker processes reading the training images (use them "
+        "for image folders, which are decoded lazily)",
+    )
+    train.add_argument(
+        "--train-subset",
+        type=_integer("--train-subset", 2, MAX_COUNT),
+        metavar="N",
+        help="train on the first N training images only (quick checks; the test "
+        "split is unchanged)",
     )
     train.add_argument(
         "--checkpoint-dir", help="keep the latest training state in DIR/last.pt"

@@ -1,8 +1,9 @@
 """``pynsm embed``: the features of a trained model, written to an ``.npz`` file.
 
 The model is rebuilt from the metadata that ``pynsm train --checkpoint-dir DIR``
-stores in ``DIR/last.pt`` (model name, image shape, number of classes), its
-weights are loaded, and the features of the same train/test split are written as
+stores in ``DIR/last.pt`` (model name, recipe, image shape, number of classes,
+dataset and data folder), with the recipe the training run used; its weights are
+loaded, and the features of the same train/test split are written as
 ``train_features`` / ``test_features`` (float32 ``[N, D]``) and ``train_labels`` /
 ``test_labels`` (int64 ``[N]``) with :func:`numpy.savez`: plain arrays that load
 with ``allow_pickle=False``.
@@ -25,8 +26,10 @@ from pynsm.cli.setup import (
     build_model,
     check_dataset,
     cpu_threads,
-    load_dataset,
+    first_images,
+    load_data,
     resolve_device,
+    take_subset,
 )
 
 __all__ = ["run"]
@@ -40,10 +43,20 @@ def run(args: argparse.Namespace) -> int:
     state = _load(path)
     metadata = state["metadata"]
     name = metadata["model"]
-    spec = MODELS[name]
+    train_set, test_set = load_data(
+        args.dataset or metadata["dataset"],
+        args.data_dir or metadata.get("data_dir"),
+        args.download,
+    )
+    train_set = take_subset(train_set, metadata.get("train_subset"))
+    recipe, spec, info = check_dataset(name, train_set, test_set)
+    saved_recipe = metadata.get("recipe")
+    if saved_recipe is not None and saved_recipe != recipe:
+        fail(
+            f"{path} was trained with the {saved_recipe!r} recipe of --model {name}; "
+            f"this dataset's images get the {recipe!r} one"
+        )
     with cpu_threads(spec, device):
-        train_set, test_set = load_dataset(args.dataset or metadata["dataset"])
-        info = check_dataset(name, spec, train_set, test_set)
         shape = [info.channels, info.height, info.width]
         if shape != list(metadata["image_shape"]):
             fail(
@@ -56,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 f"with {metadata['num_classes']}"
             )
         info = type(info)(*shape, int(metadata["num_classes"]))
-        task = build_model(name, spec, info, train_set.tensors[0][:2])
+        task = build_model(name, spec, info, first_images(train_set))
         try:
             task.load_state_dict(state["model"])
         except (RuntimeError, KeyError, ValueError) as exc:

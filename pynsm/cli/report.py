@@ -8,11 +8,28 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["closing_text", "write_json"]
+__all__ = ["closing_text", "split_description", "write_json"]
 
 
 def _percent(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def split_description(split: str, test_size: int, test_fraction: float = 0.25) -> str:
+    """What the readouts were evaluated on, in words.
+
+    Example:
+        >>> split_description("standard", 10000)
+        'standard test split, 10,000 images'
+        >>> split_description("stratified", 450)
+        'stratified 25% split, 450 images'
+    """
+    kind = (
+        "standard test"
+        if split == "standard"
+        else (f"stratified {100 * test_fraction:.0f}%")
+    )
+    return f"{kind} split, {test_size:,} images"
 
 
 def closing_text(result: Mapping[str, Any]) -> str:
@@ -20,7 +37,9 @@ def closing_text(result: Mapping[str, Any]) -> str:
 
     Example:
         >>> print(closing_text({
-        ...     "model": "sm", "dataset": "digits", "num_train": 9, "num_test": 3,
+        ...     "model": "sm", "recipe": "small", "dataset": "digits",
+        ...     "evaluated_on": "stratified 25% split, 3 images",
+        ...     "num_train": 9, "num_test": 3,
         ...     "epochs": 1, "world_size": 1, "train_seconds": 1.0,
         ...     "eval_seconds": 0.5, "history": [{"loss": 0.25}],
         ...     "pixel_fewshot_accuracy": {"1": 0.5}, "pixel_accuracy": 0.9,
@@ -28,7 +47,8 @@ def closing_text(result: Mapping[str, Any]) -> str:
         ...     "random_init_accuracy": 0.9, "random_init_knn_accuracy": 0.8,
         ...     "fewshot_accuracy": {"1": 0.7}, "test_accuracy": 1.0,
         ...     "knn_accuracy": 0.9}))
-        pynsm train: sm on digits (9 train / 3 test), 1 epochs, 1 process(es), 1.0 s training + 0.5 s evaluation; final loss 0.25
+        pynsm train: sm (small recipe) on digits (9 train / 3 test), 1 epochs, 1 process(es), 1.0 s training + 0.5 s evaluation; final loss 0.25
+        evaluated on the stratified 25% split, 3 images
         readout of the features   pixels  random init  trained
         1-shot linear probe        50.0%        60.0%    70.0%
         all-label linear probe     90.0%        90.0%   100.0%
@@ -36,13 +56,16 @@ def closing_text(result: Mapping[str, Any]) -> str:
     """  # noqa: E501
     history = result.get("history") or []
     last_loss = f"{history[-1]['loss']:.4g}" if history else "n/a"
+    recipe = f" ({result['recipe']} recipe)" if result.get("recipe") else ""
     lines = [
-        f"pynsm train: {result['model']} on {result['dataset']} "
+        f"pynsm train: {result['model']}{recipe} on {result['dataset']} "
         f"({result['num_train']} train / {result['num_test']} test), "
         f"{result['epochs']} epochs, {result['world_size']} process(es), "
         f"{result['train_seconds']:.1f} s training + "
         f"{result['eval_seconds']:.1f} s evaluation; final loss {last_loss}"
     ]
+    if result.get("evaluated_on"):
+        lines.append(f"evaluated on the {result['evaluated_on']}")
     columns = ("pixel_", "random_init_", "")
     rows = [
         (f"{k}-shot linear probe", [f"{p}fewshot_accuracy" for p in columns], k)

@@ -11,48 +11,78 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
-from pynsm.cli.args import fail
-from pynsm.cli.recipes import ModelSpec
+from pynsm.cli.args import RunError, fail
+from pynsm.cli.recipes import ModelSpec, select_recipe
 from pynsm.data import ImageDatasetInfo, check_image_dataset
 
 __all__ = [
     "SPLIT",
-    "load_dataset",
+    "load_data",
+    "dataset_record",
     "check_dataset",
+    "take_subset",
     "resolve_device",
     "build_model",
     "cpu_threads",
+    "first_images",
 ]
 
-#: The train/test split of every dataset (recorded in checkpoints for ``embed``).
+#: The stratified split of datasets without their own (digits, an
+#: ``images``/``labels`` .npz); recorded in checkpoints for ``embed``.
 SPLIT = {"test_fraction": 0.25, "seed": 0}
 
 
-def load_dataset(name: str) -> tuple[TensorDataset, TensorDataset]:
-    """The ``--dataset``: ``'digits'`` or a ``.npz`` file, split by :data:`SPLIT`."""
-    from pynsm.data import load_digits, load_npz
+def load_data(
+    dataset: str, data_dir: str | None, download: bool, progress: bool = True
+) -> tuple[Dataset, Dataset]:
+    """The ``--dataset`` (:func:`pynsm.data.load_dataset`); one-line errors.
 
-    if name == "digits":
-        try:
-            return load_digits(**SPLIT)
-        except ImportError as exc:
-            fail(str(exc))
-    if not name.endswith(".npz"):
-        fail(f"--dataset must be 'digits' or a .npz file, got {name!r}")
+    Bad or missing data is a usage error (exit 2); a download that fails on the
+    network or the disk is a :class:`RunError` (exit 1).
+    """
+    from pynsm.data import load_dataset
+
+    if (
+        data_dir is not None
+        and os.path.exists(data_dir)
+        and not os.path.isdir(data_dir)
+    ):
+        fail(f"--data-dir {data_dir!r} is a file, not a directory")
     try:
-        return load_npz(name, **SPLIT)
-    except (FileNotFoundError, ValueError) as exc:
-        fail(f"--dataset: {exc}")
+        return load_dataset(dataset, data_dir, download, progress=progress, **SPLIT)
+    except FileNotFoundError as exc:
+        missing = str(exc).replace("download=True (pynsm: --download)", "--download")
+        fail(f"--dataset: {missing}")
+    except (ValueError, ImportError) as exc:
+        fail(f"--dataset: {_first_line(exc)}")
+    except OSError as exc:
+        raise RunError(f"--dataset {dataset}: {_first_line(exc)}") from exc
+
+
+def dataset_record(dataset: str) -> str:
+    """How the checkpoint names the dataset: a name, or an absolute path."""
+    from pynsm.data import DATASET_NAMES
+
+    return dataset if dataset in DATASET_NAMES else os.path.abspath(dataset)
 
 
 def check_dataset(
-    model: str, spec: ModelSpec, train: TensorDataset, test: TensorDataset
-) -> ImageDatasetInfo:
-    """Shape facts of the dataset, after checking it suits ``--model``."""
+    model: str, train: Dataset, test: Dataset
+) -> tuple[str, ModelSpec, ImageDatasetInfo]:
+    """The recipe for the dataset's image size, after checking the dataset suits it.
+
+    Returns ``(recipe name, recipe, shape facts)``
+    (:func:`pynsm.cli.recipes.select_recipe`).
+    """
     try:
-        return check_image_dataset(
+        info = check_image_dataset(train, test, min_classes=2)
+    except (ValueError, TypeError) as exc:
+        fail(f"--dataset: {exc}")
+    recipe, spec = select_recipe(model, info.height, info.width)
+    try:
+        check_image_dataset(
             train,
             test,
             min_classes=2,
@@ -61,6 +91,29 @@ def check_dataset(
         )
     except ValueError as exc:
         fail(f"--model {model} cannot use this dataset: {exc}")
+    return recipe, spec, info
+
+
+def take_subset(data: Dataset, count: int | None) -> Dataset:
+    """The first ``count`` items of ``data`` (all of them for ``None``)."""
+    if count is None or count >= len(data):  # type: ignore[arg-type]
+        return data
+    if isinstance(data, TensorDataset):
+        subset = TensorDataset(*(tensor[:count] for tensor in data.tensors))
+    else:
+        subset = Subset(data, range(count))
+        subset.targets = data.targets[:count]  # type: ignore[attr-defined]
+    for name in ("classes", "split"):
+        if hasattr(data, name):
+            setattr(subset, name, getattr(data, name))
+    return subset
+
+
+def first_images(data: Dataset, count: int = 2) -> torch.Tensor:
+    """``[count, C, H, W]``: the first images, without reading a lazy dataset."""
+    if isinstance(data, TensorDataset):
+        return data.tensors[0][:count]
+    return torch.stack([data[i][0] for i in range(min(count, len(data)))])
 
 
 def resolve_device(text: str | None) -> torch.device:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from pynsm.cli import evaluate
 from pynsm.cli.args import (
@@ -28,17 +28,21 @@ from pynsm.cli.args import (
     fail,
     probe_directory,
 )
-from pynsm.cli.recipes import MODELS, ModelSpec
-from pynsm.cli.report import closing_text, write_json
+from pynsm.cli.recipes import ModelSpec
+from pynsm.cli.report import closing_text, split_description, write_json
 from pynsm.cli.setup import (
     SPLIT,
     build_model,
     check_dataset,
     cpu_threads,
-    load_dataset,
+    dataset_record,
+    first_images,
+    load_data,
     resolve_device,
+    take_subset,
 )
 from pynsm.data import ImageDatasetInfo
+from pynsm.data.folder import ImageDecodeError
 
 __all__ = ["run"]
 
@@ -48,10 +52,12 @@ class Plan:
     """Everything a checked ``pynsm train`` run needs."""
 
     args: argparse.Namespace
+    recipe: str
     spec: ModelSpec
     device: torch.device
-    train_set: TensorDataset
-    test_set: TensorDataset
+    train_set: Dataset
+    test_set: Dataset
+    split: str
     info: ImageDatasetInfo
     checkpoint: str | None
     epochs: int
@@ -63,13 +69,12 @@ class Plan:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pynsm train``; returns the exit status."""
-    spec = MODELS[args.model]
     device = resolve_device(args.device)
-    with cpu_threads(spec, device):
-        plan = make_plan(args, spec, device)
+    plan = make_plan(args, device)  # the recipe depends on the data's image size
+    with cpu_threads(plan.spec, device):
         torch.manual_seed(args.seed)
         task = build_model(
-            args.model, spec, plan.info, plan.train_set.tensors[0][:2]
+            args.model, plan.spec, plan.info, first_images(plan.train_set)
         ).to(device)
         check_outputs(args)  # last: folders are created only once all else passed
         result: dict[str, Any] = {"eval_seconds": 0.0}
@@ -84,23 +89,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_plan(args: argparse.Namespace, spec: ModelSpec, device: torch.device) -> Plan:
-    """Check flags, checkpoint, dataset and output paths, in that order."""
+def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
+    """Check flags, checkpoint and dataset, choose the recipe for the data."""
     checkpoint = _check_resume(args)
-    train_set, test_set = load_dataset(args.dataset)
-    info = check_dataset(args.model, spec, train_set, test_set)
-    if args.resume:
-        _check_resume_fits(args, checkpoint, info)
     world, rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0)
+    train_set, test_set = load_data(
+        args.dataset,
+        args.data_dir,
+        args.download,
+        progress=not args.no_progress and rank == 0,
+    )
+    split = getattr(test_set, "split", "stratified")
+    train_set = take_subset(train_set, args.train_subset)
+    recipe, spec, info = check_dataset(args.model, train_set, test_set)
+    if args.resume:
+        _check_resume_fits(args, checkpoint, info, recipe)
     batch_size = args.batch_size or spec.batch_size
     if batch_size < world:
         fail(f"--batch-size {batch_size} is smaller than the {world} processes")
     return Plan(
         args=args,
+        recipe=recipe,
         spec=spec,
         device=device,
         train_set=train_set,
         test_set=test_set,
+        split=split,
         info=info,
         checkpoint=checkpoint,
         epochs=spec.epochs if args.epochs is None else args.epochs,
@@ -125,7 +139,10 @@ def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float
 
     args, spec = plan.args, plan.spec
     metric_seconds = [0.0]
-    knn = evaluate.epoch_knn(plan.train_set, plan.test_set)
+    knn = evaluate.epoch_knn(
+        _evenly_spaced(plan.train_set, evaluate.EPOCH_KNN_TRAIN),
+        _evenly_spaced(plan.test_set, evaluate.EPOCH_KNN_TEST),
+    )
 
     def epoch_metrics(model: nn.Module) -> dict[str, float]:
         start = time.perf_counter()
@@ -143,6 +160,7 @@ def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float
         scheduler_interval="step",
         grad_clip_norm=spec.grad_clip_norm,
         device=plan.device,
+        num_workers=args.num_workers,
         checkpoint_path=plan.checkpoint,
         seed=args.seed,
         progress=not args.no_progress and plan.rank == 0,
@@ -152,6 +170,10 @@ def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float
     start = time.perf_counter()
     try:
         history = trainer.fit(plan.train_set, resume=args.resume)
+    except ImageDecodeError as exc:  # a folder's image that would not decode
+        # a DataLoader worker re-raises it with the worker's traceback as text
+        line = str(exc).strip().splitlines()[-1].split("ImageDecodeError: ")[-1]
+        raise UsageError(f"--dataset: {line}") from exc
     except TrainingDiverged as exc:
         kept = (
             f"; the last good checkpoint is {exc.checkpoint_path}"
@@ -170,18 +192,18 @@ def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float
 
 
 def checkpoint_metadata(plan: Plan) -> dict[str, Any]:
-    """What ``pynsm embed`` needs to rebuild the model and the split."""
+    """What ``pynsm embed`` needs to rebuild the model (same recipe) and the split."""
     args, info = plan.args, plan.info
-    dataset = args.dataset
-    if dataset != "digits":
-        dataset = os.path.abspath(dataset)
     return {
         "command": "pynsm train",
         "model": args.model,
+        "recipe": plan.recipe,
         "image_shape": [info.channels, info.height, info.width],
         "num_classes": info.num_classes,
-        "dataset": dataset,
-        "split": dict(SPLIT),
+        "dataset": dataset_record(args.dataset),
+        "data_dir": None if args.data_dir is None else os.path.abspath(args.data_dir),
+        "split": dict(SPLIT) if plan.split == "stratified" else "standard",
+        "train_subset": args.train_subset,
         "settings": {
             "epochs": plan.epochs,
             "batch_size": plan.batch_size,
@@ -212,6 +234,12 @@ def report(
             "model": args.model,
             "self_supervised": plan.spec.self_supervised,
             "dataset": args.dataset,
+            "recipe": plan.recipe,
+            "split": plan.split,
+            "evaluated_on": split_description(plan.split, len(plan.test_set)),
+            "train_size": len(plan.train_set),
+            "test_size": len(plan.test_set),
+            "image_shape": [plan.info.channels, plan.info.height, plan.info.width],
             "history": history,
             "train_seconds": train_seconds,
             "world_size": plan.world,
@@ -236,7 +264,9 @@ def report(
 
 
 def _record_baselines(result: dict[str, Any], plan: Plan, task: nn.Module) -> None:
-    pixels = evaluate.pixel_readouts(plan.train_set, plan.test_set, plan.spec.probe_c)
+    pixels = evaluate.pixel_readouts(
+        _in_memory(plan.train_set), _in_memory(plan.test_set), plan.spec.probe_c
+    )
     _store(result, "pixel_", pixels, linear_key="pixel_accuracy")
     untrained = _model_readouts(plan, task)
     _store(result, "random_init_", untrained, linear_key="random_init_accuracy")
@@ -260,6 +290,36 @@ def _store(
     result[f"{prefix}knn_accuracy"] = readouts["knn"]
 
 
+class _Pixels(nn.Module):
+    """The raw pixels as features: streams a lazy dataset into ``[N, C*H*W]``."""
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def _in_memory(data: Dataset) -> TensorDataset:
+    """``data`` itself if in memory; else its flattened pixels, read in batches.
+
+    An image folder is decoded once here, into one ``[N, C*H*W]`` float32 array:
+    the size of the features every readout holds anyway.
+    """
+    if isinstance(data, TensorDataset):
+        return data
+    return TensorDataset(*evaluate.embed(_Pixels(), data))
+
+
+def _evenly_spaced(data: Dataset, limit: int) -> Dataset:
+    """At most ``limit`` evenly spaced items of a lazy dataset (tensors: as is).
+
+    The per-epoch kNN subsets tensors itself; a lazy dataset is subset here so
+    that it reads only those images.
+    """
+    if isinstance(data, TensorDataset) or len(data) <= limit:  # type: ignore[arg-type]
+        return data
+    index = torch.linspace(0, len(data) - 1, limit).long().tolist()  # type: ignore[arg-type]
+    return Subset(data, index)
+
+
 def _timed(result: dict[str, Any], work: Any) -> None:
     start = time.perf_counter()
     work()
@@ -278,7 +338,10 @@ def _check_resume(args: argparse.Namespace) -> str | None:
 
 
 def _check_resume_fits(
-    args: argparse.Namespace, checkpoint: str | None, info: ImageDatasetInfo
+    args: argparse.Namespace,
+    checkpoint: str | None,
+    info: ImageDatasetInfo,
+    recipe: str,
 ) -> None:
     from pynsm.train import CheckpointError, load_checkpoint
 
@@ -291,6 +354,12 @@ def _check_resume_fits(
     if model is not None and model != args.model:
         fail(
             f"--resume: {checkpoint} was trained with --model {model}, not {args.model}"
+        )
+    saved_recipe = metadata.get("recipe")
+    if saved_recipe is not None and saved_recipe != recipe:
+        fail(
+            f"--resume: {checkpoint} was trained with the {saved_recipe!r} recipe; "
+            f"this dataset's images get the {recipe!r} one"
         )
     shape = metadata.get("image_shape")
     here = [info.channels, info.height, info.width]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from pynsm.validation import check_bool, check_int
 
@@ -23,8 +23,8 @@ class ImageDatasetInfo:
 
 
 def check_image_dataset(
-    train: TensorDataset,
-    test: TensorDataset,
+    train: Dataset,
+    test: Dataset,
     *,
     min_classes: int = 2,
     min_size: int = 1,
@@ -32,9 +32,11 @@ def check_image_dataset(
 ) -> ImageDatasetInfo:
     """Check a pair of ``(images [N, C, H, W], labels [N])`` datasets for a model.
 
-    The datasets are those of :func:`~pynsm.data.load_npz` or
-    :func:`~pynsm.data.load_digits`: float images ``[N, C, H, W]`` and int64
-    labels ``0..K-1``.
+    The datasets are those of :func:`~pynsm.data.load_dataset`: in-memory
+    :class:`~torch.utils.data.TensorDataset` of float images ``[N, C, H, W]``
+    and int64 labels ``0..K-1``, or lazy datasets (image folders) with an int64
+    ``targets`` tensor, whose image shape is read from their first item (no
+    image beyond it is decoded).
 
     Args:
         train: Training set (not empty).
@@ -64,22 +66,15 @@ def check_image_dataset(
     min_classes = check_int("min_classes", min_classes, minimum=1)
     min_size = check_int("min_size", min_size, minimum=1)
     square = check_bool("square", square)
-    shapes = []
+    shapes, targets = [], []
     for name, data in (("training", train), ("test", test)):
-        if not isinstance(data, TensorDataset) or len(data.tensors) < 2:
-            raise TypeError(f"the {name} set must be a TensorDataset(images, labels)")
-        images, labels = data.tensors[0], data.tensors[1]
-        if len(images) == 0:
-            raise ValueError(f"the {name} set is empty")
-        if images.dim() != 4:
-            raise ValueError(
-                f"{name} images must be [N, C, H, W], got {tuple(images.shape)}"
-            )
-        if labels.dtype != torch.int64 or labels.shape != (len(images),):
+        shape, labels = _shape_and_labels(name, data)
+        if labels.dtype != torch.int64 or labels.dim() != 1:
             raise ValueError(f"{name} labels must be int64 [N], got {labels.dtype}")
         if int(labels.min()) < 0:
             raise ValueError(f"{name} labels must be >= 0, got {int(labels.min())}")
-        shapes.append(tuple(images.shape[1:]))
+        shapes.append(shape)
+        targets.append(labels)
     if shapes[0] != shapes[1]:
         raise ValueError(
             f"training and test images differ in shape: {shapes[0]} vs {shapes[1]}"
@@ -92,11 +87,47 @@ def check_image_dataset(
         )
     if square and height != width:
         raise ValueError(f"the model needs square images, got {height}x{width}")
-    found = len(torch.unique(train.tensors[1]))
+    found = len(torch.unique(targets[0]))
     if found < min_classes:
         raise ValueError(
             f"the training set holds {found} class(es); at least {min_classes} "
             "are needed for a readout"
         )
-    num_classes = int(max(train.tensors[1].max(), test.tensors[1].max())) + 1
+    num_classes = int(max(targets[0].max(), targets[1].max())) + 1
     return ImageDatasetInfo(int(channels), int(height), int(width), num_classes)
+
+
+def _shape_and_labels(name: str, data: Dataset) -> tuple[tuple[int, ...], torch.Tensor]:
+    """``(C, H, W)`` and the ``[N]`` labels, without reading a lazy dataset."""
+    if isinstance(data, TensorDataset):
+        if len(data.tensors) < 2:
+            raise TypeError(f"the {name} set must be a TensorDataset(images, labels)")
+        images, labels = data.tensors[0], data.tensors[1]
+        if len(images) == 0:
+            raise ValueError(f"the {name} set is empty")
+        if images.dim() != 4:
+            raise ValueError(
+                f"{name} images must be [N, C, H, W], got {tuple(images.shape)}"
+            )
+        if labels.shape != (len(images),):
+            raise ValueError(f"{name} labels must be int64 [N], got {labels.dtype}")
+        return tuple(images.shape[1:]), labels
+    labels = getattr(data, "targets", None)
+    if not isinstance(labels, torch.Tensor) or not hasattr(data, "__len__"):
+        raise TypeError(
+            f"the {name} set must be a TensorDataset(images, labels) or a "
+            "map-style dataset with an int64 'targets' tensor"
+        )
+    if len(data) == 0:
+        raise ValueError(f"the {name} set is empty")
+    if labels.shape != (len(data),):
+        raise ValueError(
+            f"{name} targets must have shape [{len(data)}], got {tuple(labels.shape)}"
+        )
+    image = data[0][0]
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        raise ValueError(
+            f"{name} images must be [C, H, W] tensors, got "
+            f"{getattr(image, 'shape', type(image).__name__)}"
+        )
+    return tuple(image.shape), labels

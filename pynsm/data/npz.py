@@ -1,4 +1,4 @@
-"""Image datasets stored in ``.npz`` files (arrays ``images`` and ``labels``)."""
+"""Image datasets stored in ``.npz`` files (``images``/``labels``, or a kept split)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from torch.utils.data import TensorDataset
 
 __all__ = ["load_npz", "stratified_split", "MAX_PIXEL"]
 
+# the arrays of a file that keeps its own train/test split
+_SPLIT_KEYS = {"train_images", "train_labels", "test_images", "test_labels"}
+
 #: Largest pixel magnitude accepted in float images (beyond it float32 overflows).
 MAX_PIXEL = 1e6
 
@@ -20,9 +23,12 @@ def load_npz(
 ) -> tuple[TensorDataset, TensorDataset]:
     """Load an image classification dataset from a ``.npz`` file and split it.
 
-    The file must hold ``images`` and ``labels`` (``np.savez(path, images=...,
-    labels=...)``; a ``.npy`` file or a pickle is refused). The rules, checked
-    before anything is returned:
+    The file holds either ``images`` and ``labels`` (``np.savez(path,
+    images=..., labels=...)``), split here into train and test, or
+    ``train_images``, ``train_labels``, ``test_images`` and ``test_labels``,
+    whose split is kept as it is (``test_fraction`` and ``seed`` are then
+    unused). A ``.npy`` file or a pickle is refused. The rules, checked for
+    every array before anything is returned:
 
     * **layout**: ``[N, H, W]`` (gray) or ``[N, C, H, W]`` (channels first). An
       array that looks channels-last, ``[N, H, W, C]`` with ``C`` in 1, 3 or 4
@@ -41,7 +47,9 @@ def load_npz(
     * **size**: at least 2 images, every dimension non-empty, and enough images
       to hold out a test set.
 
-    The split is stratified by class and deterministic (:func:`stratified_split`).
+    The split of an ``images``/``labels`` file is stratified by class and
+    deterministic (:func:`stratified_split`); the class mapping of a kept split
+    covers the labels of both parts.
 
     Args:
         path: The ``.npz`` file.
@@ -81,20 +89,71 @@ def load_npz(
             f"{path!r} holds a single array (a .npy file), not an .npz archive: "
             "save the dataset with np.savez(path, images=..., labels=...)"
         )
+    kept = None
     try:
         with archive:
-            missing = {"images", "labels"} - set(archive.files)
-            if missing:
+            keys = set(archive.files)
+            if _SPLIT_KEYS <= keys and not keys & {"images", "labels"}:
+                kept = {key: archive[key] for key in _SPLIT_KEYS}
+            missing = {"images", "labels"} - keys
+            if kept is None and missing:
                 raise ValueError(
-                    f"missing array(s) {sorted(missing)}; found {sorted(archive.files)}"
+                    f"missing array(s) {sorted(missing)}; found {sorted(keys)} "
+                    "(expected images/labels, or train_images/train_labels/"
+                    "test_images/test_labels)"
                 )
-            images = archive["images"]
-            labels = archive["labels"]
+            if kept is None:
+                images = archive["images"]
+                labels = archive["labels"]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{path!r} is not a valid dataset .npz: {exc}") from exc
+    if kept is not None:
+        return _kept_split(kept, path)
     tensor = _check_images(images, path)
     classes, targets = _check_labels(labels, len(images), path)
     train, test = _split_dataset(tensor, targets, test_fraction, seed)
+    train.classes = test.classes = classes  # type: ignore[attr-defined]
+    return train, test
+
+
+def _kept_split(
+    arrays: dict[str, np.ndarray], path: str
+) -> tuple[TensorDataset, TensorDataset]:
+    """The file's own train/test split; one label mapping over both."""
+    train_images = _check_images(arrays["train_images"], f"{path}: train_images")
+    test_images = _check_images(arrays["test_images"], f"{path}: test_images")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise ValueError(
+            f"{path!r}: train_images and test_images differ in image shape: "
+            f"{tuple(train_images.shape[1:])} vs {tuple(test_images.shape[1:])}"
+        )
+    train_labels, test_labels = arrays["train_labels"], arrays["test_labels"]
+    for name, labels, n in (
+        ("train_labels", train_labels, len(train_images)),
+        ("test_labels", test_labels, len(test_images)),
+    ):
+        _check_labels(labels, n, f"{path}: {name}")
+    if train_labels.dtype != test_labels.dtype:
+        # np.unique over one common dtype: promote only when they differ
+        common = np.promote_types(train_labels.dtype, test_labels.dtype)
+        if common.kind not in "iu":
+            raise ValueError(
+                f"{path!r}: train_labels ({train_labels.dtype}) and test_labels "
+                f"({test_labels.dtype}) have no common integer type"
+            )
+        train_labels, test_labels = (
+            train_labels.astype(common),
+            test_labels.astype(common),
+        )
+    classes, index = _check_labels(
+        np.concatenate([train_labels, test_labels]),
+        len(train_labels) + len(test_labels),
+        path,
+    )
+    split = len(train_labels)
+    train = TensorDataset(train_images, index[:split])
+    test = TensorDataset(test_images, index[split:])
+    train.split = test.split = "standard"  # type: ignore[attr-defined]
     train.classes = test.classes = classes  # type: ignore[attr-defined]
     return train, test
 
@@ -122,16 +181,18 @@ def _check_images(images: np.ndarray, path: str) -> torch.Tensor:
             images.astype(np.float32) / np.iinfo(images.dtype).max
         )
     else:
+        # checked in the file's own dtype, before the cast: a float64 1e39 would
+        # become inf in float32 (with a NumPy overflow warning) before any check
+        if not np.isfinite(images).all():
+            raise ValueError(f"{path!r}: images contain NaN or infinite values")
+        largest = max(abs(float(images.max())), abs(float(images.min())))
+        if largest > MAX_PIXEL:
+            raise ValueError(
+                f"{path!r}: pixel values reach {largest:.3g}; pynsm accepts |x| <= "
+                f"{MAX_PIXEL:.0e} (larger values overflow float32 in the models): "
+                "rescale the images"
+            )
         tensor = torch.from_numpy(images.astype(np.float32))
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{path!r}: images contain NaN or infinite values")
-    largest = float(tensor.abs().max())
-    if largest > MAX_PIXEL:
-        raise ValueError(
-            f"{path!r}: pixel values reach {largest:.3g}; pynsm accepts |x| <= "
-            f"{MAX_PIXEL:.0e} (larger values overflow float32 in the models): "
-            "rescale the images"
-        )
     return tensor.unsqueeze(1) if tensor.dim() == 3 else tensor
 
 
