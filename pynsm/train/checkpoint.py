@@ -28,6 +28,8 @@ CHECKPOINT_FORMAT = "pynsm.train.checkpoint/1"
 # temporary files of another host are only removed once this old (seconds): their
 # writer cannot be asked whether it is alive
 _FOREIGN_TEMP_AGE = 3600.0
+# how torch's zip writer (caffe2 ``PyTorchStreamWriter``) names itself in errors
+_TORCH_WRITER = "inline_container"
 
 
 def payload_digest(obj: Any) -> str:
@@ -144,9 +146,14 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
             everything else) are added.
         path: Destination file; its folder is created if needed.
 
+    The file gets the permissions of a newly created file: ``0o666`` less the
+    umask (0644 under umask 022).
+
     Raises:
-        OSError: the file cannot be written (read-only folder, disk full); the
-            previous checkpoint at ``path`` is left as it was.
+        OSError: the file cannot be written (read-only folder, disk full: errno
+            ``ENOSPC``, "No space left on device in '<folder>'"); the message is
+            one line, no temporary file is left, and the previous checkpoint at
+            ``path`` is left as it was.
 
     Example:
         >>> import tempfile, os, torch
@@ -165,17 +172,18 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
     try:
         os.makedirs(folder, exist_ok=True)
         _remove_stale_temps(folder, base)
+        mode = 0o666 & ~_umask()
         fd, tmp_path = tempfile.mkstemp(
             dir=folder,
             prefix=f"{_temp_prefix(base)}{socket.gethostname()}-{os.getpid()}-",
             suffix=".tmp",
         )
     except OSError as exc:
-        raise OSError(
-            exc.errno, f"cannot write checkpoint {path!r}: {exc.strerror}"
-        ) from exc
+        raise _write_error(exc, path, folder) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
+            if hasattr(os, "fchmod"):  # mkstemp makes it 0600
+                os.fchmod(handle.fileno(), mode)
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -184,13 +192,57 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
         # never leave stray temporary files behind, whatever interrupted the save
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
-        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-            raise OSError(
-                exc.errno or errno.EIO,
-                f"cannot write checkpoint {path!r}: {exc.strerror or exc}",
-            ) from exc
+        # (a vanished temporary file or folder is raised as it is)
+        error = (
+            None
+            if isinstance(exc, FileNotFoundError)
+            else _write_error(exc, path, folder)
+        )
+        if error is not None:
+            raise error from exc
         raise
     _fsync_folder(folder)
+
+
+def _umask() -> int:
+    """The process's umask: a checkpoint gets ``0o666`` less it (0644 under 022),
+    as a file ``torch.save`` creates would, so that a group on a shared cluster
+    can read it when the umask says so."""
+    # Linux shows it without changing it; os.umask can only read it by setting
+    # it, which briefly affects files other threads create
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_error(exc: BaseException, path: str, folder: str) -> OSError | None:
+    """A one-line :class:`OSError` for a failed write, or ``None`` if ``exc`` is
+    not one (an interruption, a bug: raised as it is).
+
+    torch's zip writer reports a full disk as ``RuntimeError: [enforce fail at
+    inline_container.cc:...] unexpected pos ...`` (a short write; the errno is
+    lost), so that message counts as ``ENOSPC`` too.
+    """
+    if isinstance(exc, OSError):
+        code = exc.errno or errno.EIO
+        reason = exc.strerror or _first_line(exc)
+    elif isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):
+        code, reason = errno.ENOSPC, os.strerror(errno.ENOSPC)
+    elif isinstance(exc, RuntimeError) and _TORCH_WRITER in str(exc):
+        detail = re.sub(r"^\[enforce fail at [^\]]*\][ .]*", "", _first_line(exc))
+        code, reason = errno.EIO, f"the write failed ({detail})"
+    else:
+        return None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason = f"{os.strerror(code)} in {folder!r}"
+    return OSError(code, f"cannot write checkpoint {path!r}: {reason}")
 
 
 def _fsync_folder(folder: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import struct
 import zipfile
 
@@ -362,22 +363,64 @@ def test_a_second_run_on_the_same_checkpoint_is_refused(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["shared.pt"]  # lock removed at the end
 
 
-def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+# what torch's zip writer raises when the disk fills up (the errno is lost)
+_ZIP_WRITER_FULL = RuntimeError(
+    "[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4374"
+)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(errno.ENOSPC, "No space left on device"), _ZIP_WRITER_FULL],
+    ids=["oserror", "zip-writer"],
+)
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so(
+    tmp_path, monkeypatch, failure
+):
     trainer = _trained(tmp_path)
     before = (tmp_path / "last.pt").read_bytes()
 
     def full_disk(obj, f, *args, **kwargs):
         f.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise failure
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(
-        OSError, match="cannot write checkpoint .*No space left"
-    ) as info:
+    with pytest.raises(OSError) as info:
         trainer.save_checkpoint(tmp_path / "last.pt")
-    assert info.value.errno == errno.ENOSPC and "\n" not in str(info.value)
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC and "\n" not in message
+    assert "cannot write checkpoint" in message
+    assert f"No space left on device in {str(tmp_path)!r}" in message
     assert (tmp_path / "last.pt").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["last.pt"]
+
+
+def test_other_zip_writer_failures_are_one_line_oserrors(tmp_path, monkeypatch):
+    def broken(obj, f, *args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:858] . PytorchStreamWriter "
+            "failed writing file data/0: file write failed\nException raised from"
+        )
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError) as info:
+        save_checkpoint({"w": torch.ones(1)}, tmp_path / "last.pt")
+    assert str(info.value).endswith(
+        ": the write failed (PytorchStreamWriter failed writing file data/0: "
+        "file write failed)"
+    )
+    assert info.value.errno == errno.EIO and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_a_checkpoint_follows_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        save_checkpoint({"w": torch.ones(1)}, tmp_path / "last.pt")
+        save_checkpoint({"w": torch.ones(1)}, tmp_path / "last.pt")  # replaced
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "last.pt").stat().st_mode) == 0o666 & ~umask
 
 
 def test_an_unwritable_checkpoint_folder_fails_before_training(tmp_path):
