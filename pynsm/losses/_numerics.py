@@ -4,17 +4,17 @@ The clustering losses exponentiate scores divided by small temperatures, so they
 computed in at least float32 and outside autocast: a bf16/fp16 ``exp`` or ``log``
 there loses every significant digit (or overflows) long before float32 does.
 
-Running statistics (DINO and iBOT centres, TiCo's covariance, whitening statistics,
-memory banks, momentum targets) outlive the batch that fed them: one non-finite
-batch folded in makes every later loss non-finite. :func:`update_if_finite` keeps
-the old state instead.
+Running statistics (DINO and iBOT centres, TiCo's covariance, memory banks,
+momentum targets) outlive the batch that fed them: one non-finite
+batch folded in makes every later loss non-finite. :func:`keep_finite` and
+:func:`update_if_finite` keep the old state instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -47,31 +47,50 @@ def warn_skipped(what: str) -> None:
     )
 
 
-@torch.no_grad()
-def update_if_finite(state: torch.Tensor, new: torch.Tensor, what: str) -> None:
-    """Copy ``new`` into the running statistic ``state``, unless ``new`` is not finite.
+def _read_on_host(tensor: torch.Tensor) -> bool:
+    """Whether a flag computed from ``tensor`` is free to read on the host."""
+    return tensor.device.type == "cpu"
 
-    One ``torch.isfinite(new).all()`` per update. On the CPU the answer is a Python
-    bool at no cost: a non-finite ``new`` is skipped with a ``RuntimeWarning``. On an
+
+@torch.no_grad()
+def keep_finite(
+    new: Sequence[torch.Tensor], old: Sequence[torch.Tensor], what: str
+) -> list[torch.Tensor]:
+    """Return ``new`` if all its entries are finite, else ``old`` (running statistics).
+
+    The tensors of ``new`` are the next values of one statistic's parts (e.g. a
+    running mean and covariance): all are taken, or none. One
+    ``torch.isfinite(...).all()`` per tensor. On the CPU the answer is a Python bool
+    at no cost: a non-finite ``new`` is refused with a ``RuntimeWarning``. On an
     accelerator, reading it would stall the host until the device catches up, so
-    ``torch.where`` keeps the old state on the device instead, without a warning
-    (the loss of that batch is non-finite too, which the caller sees). Call it after
-    any all-reduce: every process then holds the same ``new`` and takes the same
-    decision.
+    ``torch.where`` picks ``old`` on the device instead, without a warning (the loss
+    of that batch is non-finite too, which the caller sees). Call it after any
+    all-reduce: every process then holds the same ``new`` and decides alike.
 
     Args:
-        state: The statistic, updated in place.
-        new: Its proposed next value, broadcastable to ``state``.
+        new: Proposed next values.
+        old: Current values, the same shapes as ``new``.
         what: Name of the statistic for the warning, e.g. ``"DINOLoss centre"``.
     """
-    finite = torch.isfinite(new).all()
-    if state.device.type == "cpu":
-        if not finite:
-            warn_skipped(what)
-            return
-        state.copy_(new)
-    else:
-        state.copy_(torch.where(finite, new.to(state.dtype), state))
+    checks = [torch.isfinite(tensor).all() for tensor in new]
+    finite = checks[0] if len(checks) == 1 else torch.stack(checks).all()
+    if _read_on_host(new[0]):
+        if finite:
+            return list(new)
+        warn_skipped(what)
+        return list(old)
+    return [torch.where(finite, n, o.to(n.dtype)) for n, o in zip(new, old)]
+
+
+@torch.no_grad()
+def update_if_finite(
+    state: Sequence[torch.Tensor], new: Sequence[torch.Tensor], what: str
+) -> None:
+    """Copy each of ``new`` into ``state`` in place, unless one of them holds a
+    non-finite value (see :func:`keep_finite`)."""
+    for target, kept in zip(state, keep_finite(new, state, what)):
+        if kept is not target:
+            target.copy_(kept)
 
 
 class _Gram(torch.autograd.Function):

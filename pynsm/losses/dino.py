@@ -10,6 +10,7 @@ from pynsm import distributed
 from pynsm.losses._numerics import (
     at_least_float32,
     autocast_disabled,
+    update_if_finite,
 )
 from pynsm.validation import check_float, check_int
 
@@ -30,7 +31,10 @@ class DINOLoss(nn.Module):
     ``teacher_temp`` (epoch ``warmup_teacher_temp_epochs - 1``) and stays there. Each
     call then updates the centre: ``center = m * center + (1 - m) * batch_mean``,
     where the batch mean covers every process when :mod:`torch.distributed` is
-    initialised.
+    initialised. A teacher batch holding a non-finite value leaves the centre as it
+    was, so one bad batch does not make every later loss non-finite (on the CPU
+    with a ``RuntimeWarning``; on an accelerator the old centre is kept with
+    ``torch.where``, without a host sync and without a warning).
 
     Args:
         output_dim: Dimension ``K`` of the model output.
@@ -184,9 +188,13 @@ class DINOLoss(nn.Module):
             batch_center = distributed.all_reduce_sum(batch_center) / (
                 distributed.world_size()
             )
-        self.center.mul_(self.center_momentum).add_(
-            batch_center.to(self.center.dtype), alpha=1 - self.center_momentum
+        center = torch.add(
+            self.center * self.center_momentum,
+            batch_center.to(self.center.dtype),
+            alpha=1 - self.center_momentum,
         )
+        # decided after the all-reduce: every process keeps or skips alike
+        update_if_finite([self.center], [center], "DINOLoss centre")
 
 
 def _check_views(

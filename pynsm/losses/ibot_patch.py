@@ -6,7 +6,11 @@ import torch
 from torch import nn
 
 from pynsm import distributed
-from pynsm.losses._numerics import at_least_float32, autocast_disabled
+from pynsm.losses._numerics import (
+    at_least_float32,
+    autocast_disabled,
+    update_if_finite,
+)
 from pynsm.validation import check_choice, check_float, check_int
 
 __all__ = ["IBOTPatchLoss", "ibot_patch_loss"]
@@ -109,7 +113,9 @@ class IBOTPatchLoss(nn.Module):
     After each call the centre moves towards the mean teacher output of the masked
     tokens: ``center = m * center + (1 - m) * mean_n t_n``; when a
     :mod:`torch.distributed` process group is initialised the per-process means are
-    averaged over processes first (so every process keeps the same centre).
+    averaged over processes first (so every process keeps the same centre). A
+    teacher batch holding a non-finite value leaves the centre as it was (as in
+    :class:`~pynsm.losses.DINOLoss`).
     Parameters and defaults are lightly 1.6.0's ``IBOTPatchLoss``.
 
     Args:
@@ -212,6 +218,10 @@ class IBOTPatchLoss(nn.Module):
             batch_center = distributed.all_reduce_sum(batch_center) / (
                 distributed.world_size()
             )
-        self.center.mul_(self.center_momentum).add_(
-            batch_center.to(self.center.dtype), alpha=1 - self.center_momentum
+        center = torch.add(
+            self.center * self.center_momentum,
+            batch_center.to(self.center.dtype),
+            alpha=1 - self.center_momentum,
         )
+        # decided after the all-reduce: every process keeps or skips alike
+        update_if_finite([self.center], [center], "IBOTPatchLoss centre")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
 from pynsm import distributed
-from pynsm.losses._numerics import check_pair
+from pynsm.losses._numerics import check_pair, keep_finite
 
 
 class TiCoLoss(nn.Module):
@@ -23,7 +25,11 @@ class TiCoLoss(nn.Module):
     embedding with the history of embeddings. ``C`` is held without gradient
     between calls and only stored when ``update_covariance_matrix`` is true; the
     loss always uses the freshly blended ``C`` (with gradient through the current
-    batch term).
+    batch term). ``C`` is a buffer in ``state_dict`` (a resumed run is exact; a
+    ``state_dict`` without it loads and leaves ``C`` as it is), and a batch
+    holding a non-finite value is not folded into it (on the CPU with a
+    ``RuntimeWarning``; on an accelerator the old ``C`` is kept with
+    ``torch.where``, without a host sync).
 
     Args:
         beta: Coefficient for the EMA update of the covariance, in ``[0, 1]``.
@@ -32,7 +38,8 @@ class TiCoLoss(nn.Module):
             (with gradients) before the loss calculation.
 
     Attributes:
-        C: ``[D, D]`` running covariance (empty before the first call).
+        C: ``[D, D]`` running covariance (empty before the first call), in
+            ``state_dict``.
 
     Raises:
         ValueError: for ``beta`` outside ``[0, 1]`` or ``gather_distributed``
@@ -67,7 +74,7 @@ class TiCoLoss(nn.Module):
         self.beta = beta
         self.rho = rho
         self.gather_distributed = gather_distributed
-        self.register_buffer("C", torch.empty(0), persistent=False)
+        self.register_buffer("C", torch.empty(0))
 
     def forward(
         self,
@@ -110,7 +117,44 @@ class TiCoLoss(nn.Module):
         if update_covariance_matrix:
             with torch.no_grad():
                 covariance = (1 - self.beta) * gram / n
-                if previous is not None:
+                if previous is None:  # C starts from zero
+                    previous = torch.zeros_like(covariance)
+                else:
                     covariance = covariance + self.beta * previous
-            self.C = covariance
+                # a new tensor, not an in-place copy: ``previous`` may be ``C``
+                # itself, which the graph of ``contrast`` holds for backward
+                (self.C,) = keep_finite([covariance], [previous], "TiCoLoss covariance")
         return invariance + self.rho * contrast
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # C is allocated at the first call: adopt the saved shape ([D, D] or empty)
+        saved = state_dict.get(prefix + "C")
+        if isinstance(saved, torch.Tensor) and saved.shape != self.C.shape:
+            if saved.numel() and (saved.ndim != 2 or saved.shape[0] != saved.shape[1]):
+                error_msgs.append(
+                    f"{prefix}C: saved shape {tuple(saved.shape)} is not a [D, D] "
+                    "covariance"
+                )
+                return
+            self.C = torch.empty(saved.shape, dtype=saved.dtype, device=self.C.device)
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+        # saved before C was a persistent buffer (or by lightly): keep this one
+        if prefix + "C" in missing_keys:
+            missing_keys.remove(prefix + "C")

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from pynsm.losses._numerics import warn_skipped
 from pynsm.validation import check_int
 
 
@@ -15,7 +16,12 @@ def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
     """Move ``model_ema`` towards ``model``: ``θ_ema ← m · θ_ema + (1 − m) · θ``.
 
     Only parameters are averaged; buffers (e.g. batch-norm running statistics) of the
-    EMA model keep being updated by its own forward passes.
+    EMA model keep being updated by its own forward passes. If a parameter of
+    ``model`` holds a non-finite value (a diverged step), the target is left as it
+    was, with a ``RuntimeWarning``: once averaged in, ``nan`` would never leave it.
+    The check is one fused max-abs pass over the parameters and, on an accelerator,
+    one host sync per call (keeping the old target on the device instead would need
+    a copy of every parameter); the training loop syncs on its loss each step anyway.
 
     Args:
         model: The online network (trained by the optimizer).
@@ -36,8 +42,16 @@ def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
         p.shape != q.shape for p, q in zip(params, params_ema)
     ):
         raise ValueError("model and model_ema must have parameters of the same shapes")
+    online = [p.data for p in params]
+    if not online:
+        return
+    # max |p| over every tensor is finite exactly when every entry is
+    largest = torch._foreach_norm(online, float("inf"))
+    if not bool(torch.stack(largest).isfinite().all()):
+        warn_skipped("update_momentum target")
+        return
     # lerp_ computes ema + (1 - m) * (p - ema) in one fused pass
-    torch._foreach_lerp_([q.data for q in params_ema], [p.data for p in params], 1 - m)
+    torch._foreach_lerp_([q.data for q in params_ema], online, 1 - m)
 
 
 def cosine_schedule(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from pynsm.losses._numerics import warn_skipped
 from pynsm.losses.memory_bank import MemoryBankModule
 from pynsm.validation import check_int
 
@@ -26,6 +27,10 @@ class SwaVQueue(nn.Module):
     and write positions are buffers in this module's ``state_dict``, so a
     checkpointed run with a queue resumes exactly where it stopped; a checkpoint of
     a queue of another length or number of views is refused with a ``ValueError``.
+    A batch with a non-finite feature in any view is pushed to no bank (with a
+    ``RuntimeWarning``), so the queues never hold ``nan`` or ``inf``; deciding
+    this costs one host sync per call on an accelerator, next to the one per
+    bank that reading the write positions costs anyway.
 
     Args:
         queue_length: Number of features kept per view.
@@ -121,9 +126,15 @@ class SwaVQueue(nn.Module):
                 f"expected {len(self.banks)} high-resolution feature tensors (one per "
                 f"queue), got {len(high_resolution_features)}"
             )
+        # one decision for all views, so that the banks stay aligned: a batch
+        # with a non-finite feature in any view is pushed to none of them
+        checks = [torch.isfinite(f).all() for f in high_resolution_features]
+        finite = bool(torch.stack(checks).all())
+        if not finite:
+            warn_skipped("SwaVQueue")
         queued = []
         for bank, features in zip(self.banks, high_resolution_features):
-            _, stored = bank(features.detach(), update=True)
+            _, stored = bank(features.detach(), update=finite)
             queued.append(None if stored is None else stored.T)
         if not self.is_active(epoch) or any(q is None for q in queued):
             return None

@@ -164,3 +164,66 @@ def test_invalid_inputs():
         loss_fn([torch.randn(4, 7)] * 2, [torch.randn(4, 7)] * 2, epoch=0)
     with pytest.raises(ValueError, match="epoch"):
         loss_fn([torch.randn(4, 8)] * 2, [torch.randn(4, 8)] * 2, epoch=-1)
+
+
+def _poisoned(views, bad):
+    views = [v.detach().clone() for v in views]
+    views[-1][2, 3] = bad
+    return views
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_teacher_batch_leaves_the_centre(bad):
+    loss_fn = DINOLoss(output_dim=20, center_momentum=0.8).double()
+    teacher, student = _views(2), _views(3)
+    loss_fn(teacher, student, epoch=0)
+    center = loss_fn.center.clone()
+    with pytest.warns(RuntimeWarning, match="DINOLoss centre"):
+        loss_fn(_poisoned(teacher, bad), student, epoch=0)
+    assert torch.equal(loss_fn.center, center)
+    with pytest.warns(RuntimeWarning, match="DINOLoss centre"):
+        loss_fn.update_center(torch.stack(_poisoned(teacher, bad)))
+    assert torch.equal(loss_fn.center, center)
+    # the next loss is finite: it is the one with the centre from before
+    value = loss_fn(teacher, student, epoch=0)
+    torch.testing.assert_close(
+        value, reference_dino(teacher, student, center[0, 0], 0.04)
+    )
+
+
+def test_non_finite_teacher_batch_on_an_accelerator_keeps_the_centre(monkeypatch):
+    # the device path (torch.where, no host sync and no warning), run on the CPU
+    from pynsm.losses import _numerics
+
+    monkeypatch.setattr(_numerics, "_read_on_host", lambda tensor: False)
+    loss_fn = DINOLoss(output_dim=20).double()
+    teacher, student = _views(2), _views(3)
+    loss_fn(teacher, student, epoch=0)
+    center = loss_fn.center.clone()
+    loss_fn(_poisoned(teacher, float("nan")), student, epoch=0)
+    assert torch.equal(loss_fn.center, center)
+    loss_fn(teacher, student, epoch=0)
+    batch_mean = torch.stack(teacher).detach().mean(dim=(0, 1))
+    torch.testing.assert_close(
+        loss_fn.center[0, 0], 0.9 * center[0, 0] + 0.1 * batch_mean
+    )
+
+
+def _distributed_non_finite_centre(rank, world_size):
+    loss_fn = DINOLoss(output_dim=4, center_momentum=0.5)
+    student = [torch.randn(2, 4) for _ in range(2)]
+    loss_fn([torch.full((2, 4), float(rank))] * 2, student, epoch=0)
+    kept = loss_fn.center.clone()
+    # only rank 1 sees a bad batch: after the all-reduce both ranks skip alike
+    bad = torch.full((2, 4), float("nan") if rank == 1 else 1.0)
+    with pytest.warns(RuntimeWarning, match="DINOLoss centre"):
+        loss_fn([bad, bad], student, epoch=0)
+    return kept, loss_fn.center
+
+
+def test_non_finite_batch_on_one_process_is_skipped_by_all():
+    from dist_utils import run_distributed
+
+    for kept, center in run_distributed(_distributed_non_finite_centre, 2):
+        torch.testing.assert_close(kept, torch.full((1, 1, 4), 0.25))
+        assert torch.equal(center, kept)

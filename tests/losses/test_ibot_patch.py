@@ -146,3 +146,33 @@ def _distributed_centre(rank, world_size):
 def test_centre_is_averaged_over_processes():
     for center in run_distributed(_distributed_centre, 2):
         torch.testing.assert_close(center, torch.full((1, 4), 0.25))
+
+
+def test_non_finite_teacher_batch_leaves_the_centre():
+    teacher, student, mask = _inputs()
+    loss_fn = IBOTPatchLoss(output_dim=12)
+    loss_fn(teacher, student, mask)
+    center = loss_fn.center.clone()
+    bad = teacher.clone()
+    bad[0, 0] = float("inf")
+    with pytest.warns(RuntimeWarning, match="IBOTPatchLoss centre"):
+        loss_fn(bad, student, mask)
+    assert torch.equal(loss_fn.center, center)
+    value = loss_fn(teacher, student, mask)
+    expected = reference(teacher, student, mask, center[0], 0.04, 0.1)
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _distributed_non_finite_centre(rank, world_size):
+    mask = torch.tensor([[[True, True]]])
+    loss_fn = IBOTPatchLoss(output_dim=4, center_momentum=0.5)
+    loss_fn(torch.full((2, 4), float(rank)), torch.randn(2, 4), mask)
+    teacher = torch.full((2, 4), float("nan") if rank == 0 else 1.0)
+    with pytest.warns(RuntimeWarning, match="IBOTPatchLoss centre"):
+        loss_fn(teacher, torch.randn(2, 4), mask)
+    return loss_fn.center
+
+
+def test_non_finite_batch_on_one_process_is_skipped_by_all():
+    for center in run_distributed(_distributed_non_finite_centre, 2):
+        torch.testing.assert_close(center, torch.full((1, 4), 0.25))

@@ -1,5 +1,8 @@
 """TiCo: invariance + running-covariance contrast (Zhu et al. 2022)."""
 
+import contextlib
+import warnings
+
 import pytest
 import torch
 
@@ -53,3 +56,63 @@ def test_errors(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
     with pytest.raises(ValueError, match="gather_distributed"):
         TiCoLoss(gather_distributed=True)
+
+
+def test_covariance_is_in_state_dict_and_a_resumed_run_is_exact():
+    torch.manual_seed(0)
+    batches = [(torch.randn(6, 4), torch.randn(6, 4)) for _ in range(3)]
+    source = TiCoLoss(beta=0.8)
+    for z_a, z_b in batches[:2]:
+        source(z_a, z_b)
+    state = source.state_dict()
+    assert set(state) == {"C"} and state["C"].shape == (4, 4)
+    resumed = TiCoLoss(beta=0.8)  # C not yet allocated: adopts the saved shape
+    resumed.load_state_dict(state)
+    torch.testing.assert_close(resumed.C, source.C, rtol=0, atol=0)
+    assert torch.equal(resumed(*batches[2]), source(*batches[2]))
+    assert torch.equal(resumed.C, source.C)
+    # the reverse, and state_dicts saved without C (before, or by lightly)
+    resumed.load_state_dict(TiCoLoss().state_dict())
+    assert resumed.C.numel() == 0
+    kept = source.C.clone()
+    source.load_state_dict({})
+    assert torch.equal(source.C, kept)
+    with pytest.raises(RuntimeError, match="covariance"):
+        TiCoLoss().load_state_dict({"C": torch.zeros(3)})
+
+
+@contextlib.contextmanager
+def _skipped(on_host):
+    """A warning on the host path; none on the device path (no sync to read)."""
+    if on_host:
+        with pytest.warns(RuntimeWarning, match="TiCoLoss covariance"):
+            yield
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+
+
+@pytest.mark.parametrize("on_host", [True, False])
+def test_non_finite_batch_is_not_folded_into_the_covariance(on_host, monkeypatch):
+    from pynsm.losses import _numerics
+
+    if not on_host:  # the accelerator path (torch.where, no warning), on the CPU
+        monkeypatch.setattr(_numerics, "_read_on_host", lambda tensor: False)
+    z_a = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    z_b = torch.randn(6, 4, dtype=torch.float64)
+    bad = z_a.detach().clone()
+    bad[1, 1] = float("nan")
+    fresh = TiCoLoss(beta=0.8)
+    with _skipped(on_host):
+        fresh(bad, z_b)  # first call: C stays zero, the value it starts from
+    torch.testing.assert_close(fresh.C, torch.zeros(4, 4, dtype=torch.float64))
+    loss_fn = TiCoLoss(beta=0.8)
+    loss_fn(z_a, z_b).backward()
+    kept = loss_fn.C.clone()
+    with _skipped(on_host):
+        assert not torch.isfinite(loss_fn(bad, z_b))
+    assert torch.equal(loss_fn.C, kept)
+    value = loss_fn(z_a, z_b)
+    value.backward()  # C replaced, not modified in place under the graph
+    torch.testing.assert_close(value, tico_reference(z_a, z_b, kept, 0.8, 20.0)[0])

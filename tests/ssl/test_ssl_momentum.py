@@ -102,3 +102,18 @@ def test_warmup_cosine_checks_its_arguments():
         warmup_cosine(0, 0)
     with pytest.raises(TypeError, match="step"):
         warmup_cosine(0.5, 10)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_online_weights_leave_the_target(bad):
+    online, target = _pair()
+    before = [p.detach().clone() for p in target.parameters()]
+    with torch.no_grad():
+        online[2].bias[1] = bad
+    with pytest.warns(RuntimeWarning, match="update_momentum"):
+        update_momentum(online, target, 0.9)
+    assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))
+    with torch.no_grad():
+        online[2].bias[1] = 0.5  # finite again: the average resumes
+    update_momentum(online, target, 0.9)
+    torch.testing.assert_close(target[2].bias, 0.9 * before[-1] + 0.1 * online[2].bias)

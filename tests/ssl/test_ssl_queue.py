@@ -114,3 +114,21 @@ def test_queue_is_per_process_under_ddp():
     # the Trainer leaves modules marked this way out of DDP's buffer broadcast, so
     # every process keeps the features it enqueued (tests/train checks the effect)
     assert SwaVQueue(queue_length=4).ddp_rank_local is True
+
+
+def test_non_finite_features_are_pushed_to_no_bank():
+    queue = SwaVQueue(queue_length=6, num_queues=2, start_queue_at_epoch=0)
+    first = [torch.randn(2, 3), torch.randn(2, 3)]
+    queue(first, epoch=0)
+    bad = [torch.randn(2, 3), torch.randn(2, 3)]
+    bad[1][0, 0] = float("nan")  # one view only: neither bank takes the batch
+    with pytest.warns(RuntimeWarning, match="SwaVQueue"):
+        queue(bad, epoch=0)
+    after = [torch.randn(2, 3), torch.randn(2, 3)]
+    queued = queue(after, epoch=0)
+    for view in range(2):
+        assert torch.isfinite(queued[view]).all()
+        torch.testing.assert_close(queued[view][:2], first[view])
+    for view, bank in enumerate(queue.banks):
+        assert int(bank.bank_ptr) == 4  # both banks still aligned
+        torch.testing.assert_close(bank.bank[2:4], after[view])
