@@ -4,6 +4,7 @@ from pynsm.train.checkpoint import load_checkpoint, save_checkpoint
 from pynsm.train.errors import (
     CheckpointError,
     CheckpointInUseError,
+    ResumeSettingsError,
     TrainingDiverged,
     TrainingInterrupted,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "TaskForward",
     "CheckpointError",
     "CheckpointInUseError",
+    "ResumeSettingsError",
     "TrainingDiverged",
     "TrainingInterrupted",
     "save_checkpoint",

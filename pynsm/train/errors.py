@@ -7,6 +7,7 @@ import signal
 __all__ = [
     "CheckpointError",
     "CheckpointInUseError",
+    "ResumeSettingsError",
     "TrainingDiverged",
     "TrainingInterrupted",
 ]
@@ -22,6 +23,28 @@ class CheckpointError(ValueError):
 
 class CheckpointInUseError(CheckpointError):
     """Another live run holds the lock of the same checkpoint file."""
+
+
+class ResumeSettingsError(CheckpointError):
+    """A resume with other settings that decide the data order than the run had.
+
+    The seed, the per-process batch size and the number of processes decide
+    which samples each step sees; continuing with others would silently give a
+    run that no uninterrupted run reproduces. Raised before anything is applied.
+
+    Attributes:
+        settings: ``{name: (checkpoint's value, this trainer's value)}`` for each
+            setting that differs, e.g. ``{"seed": (0, 1)}``.
+
+    Example:
+        >>> error = ResumeSettingsError("'last.pt' ...", settings={"seed": (0, 1)})
+        >>> error.settings["seed"]
+        (0, 1)
+    """
+
+    def __init__(self, message: str, *, settings: dict[str, tuple[int, int]]) -> None:
+        super().__init__(message)
+        self.settings = settings
 
 
 class TrainingDiverged(RuntimeError):

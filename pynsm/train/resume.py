@@ -1,27 +1,60 @@
-"""A Trainer's checkpoint: its content, writing it, restoring it whole or not at all."""
+"""A Trainer's checkpoint: its content, writing it, restoring it whole or not at all.
+
+The functions here work on anything with a trainer's attributes
+(:class:`Resumable`), so that this module does not import the trainer that
+imports it.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from pynsm.train.checkpoint import load_checkpoint, save_checkpoint
 from pynsm.train.ddp import rank_local_prefixes, rank_local_state
-from pynsm.train.errors import CheckpointError
+from pynsm.train.errors import CheckpointError, ResumeSettingsError
 from pynsm.train.rng import get_rng_state, set_rng_state
 from pynsm.train.state import qualified_name, validate_training_state
 
-if TYPE_CHECKING:
-    from pynsm.train.trainer import Trainer
+__all__ = [
+    "Resumable",
+    "trainer_state",
+    "write_trainer_checkpoint",
+    "restore_trainer",
+    "check_same_settings",
+    "DATA_ORDER_SETTINGS",
+]
 
-__all__ = ["trainer_state", "write_trainer_checkpoint", "restore_trainer"]
+#: The settings that decide which samples each step sees: a resume must keep them.
+DATA_ORDER_SETTINGS = ("seed", "batch_size", "world_size")
 
 
-def trainer_state(trainer: Trainer) -> dict[str, Any]:
+class Resumable(Protocol):
+    """What a checkpoint is made of and restored into (a
+    :class:`~pynsm.train.Trainer` is one)."""
+
+    task: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    device: torch.device
+    epoch: int
+    step: int
+    epochs: int
+    seed: int
+    batch_size: int
+    world_size: int
+    rank: int
+    history: list[dict[str, float]]
+    checkpoint_metadata: dict[str, Any] | None
+
+
+def trainer_state(trainer: Resumable) -> dict[str, Any]:
     """Everything needed to continue training (this process's RNG only)."""
     scheduler, scaler = trainer.scheduler, trainer.scaler
     return {
@@ -35,6 +68,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "step": trainer.step,
         "epochs": trainer.epochs,
         "seed": trainer.seed,
+        "batch_size": trainer.batch_size,
         "world_size": trainer.world_size,
         "history": [dict(entry) for entry in trainer.history],
         "rng": [get_rng_state()],
@@ -42,7 +76,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def write_trainer_checkpoint(trainer: Trainer, path: str | os.PathLike[str]) -> None:
+def write_trainer_checkpoint(trainer: Resumable, path: str | os.PathLike[str]) -> None:
     """Rank 0 writes :func:`trainer_state`, with every rank's RNG and rank-local
     state (see :mod:`pynsm.train.ddp`); all ranks wait until the file exists."""
     state = trainer_state(trainer)
@@ -61,7 +95,12 @@ def write_trainer_checkpoint(trainer: Trainer, path: str | os.PathLike[str]) -> 
         dist.barrier()
 
 
-def restore_trainer(trainer: Trainer, path: str | os.PathLike[str]) -> dict[str, Any]:
+def restore_trainer(
+    trainer: Resumable,
+    path: str | os.PathLike[str],
+    *,
+    allow_setting_changes: bool = False,
+) -> dict[str, Any]:
     """Load ``path`` into ``trainer``: all parts, or none (see
     :meth:`pynsm.train.Trainer.load_checkpoint`)."""
     where = repr(os.fspath(path))
@@ -75,6 +114,8 @@ def restore_trainer(trainer: Trainer, path: str | os.PathLike[str]) -> dict[str,
         rank=trainer.rank,
         where=where,
     )
+    if not allow_setting_changes:
+        check_same_settings(state, trainer, where)
     model_state = dict(state["model"])
     rank_local = state.get("rank_local")
     if rank_local and len(rank_local) == trainer.world_size:
@@ -102,7 +143,27 @@ def restore_trainer(trainer: Trainer, path: str | os.PathLike[str]) -> dict[str,
     return state
 
 
-def _snapshot(trainer: Trainer) -> dict[str, Any]:
+def check_same_settings(state: dict[str, Any], trainer: Resumable, where: str) -> None:
+    """Raise :class:`ResumeSettingsError` if the checkpoint was written with
+    other :data:`DATA_ORDER_SETTINGS` than ``trainer`` has (a setting that an
+    older checkpoint does not record is not compared)."""
+    differ = {
+        name: (state[name], getattr(trainer, name))
+        for name in DATA_ORDER_SETTINGS
+        if name in state and state[name] != getattr(trainer, name)
+    }
+    if differ:
+        saved = ", ".join(f"{name}={old}" for name, (old, _) in differ.items())
+        now = ", ".join(f"{name}={new}" for name, (_, new) in differ.items())
+        raise ResumeSettingsError(
+            f"{where} was written with {saved}, this run has {now}: resuming would "
+            "change the data order; resume with the checkpoint's settings, or pass "
+            "allow_setting_changes=True to continue anyway",
+            settings=differ,
+        )
+
+
+def _snapshot(trainer: Resumable) -> dict[str, Any]:
     return {
         "model": {
             k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
@@ -117,7 +178,7 @@ def _snapshot(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def _restore(trainer: Trainer, snapshot: dict[str, Any]) -> None:
+def _restore(trainer: Resumable, snapshot: dict[str, Any]) -> None:
     trainer.task.load_state_dict(snapshot["model"])
     trainer.optimizer.load_state_dict(snapshot["optimizer"])
     if trainer.scheduler is not None:

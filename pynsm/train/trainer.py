@@ -217,6 +217,7 @@ class Trainer:
         data: Dataset | DataLoader,
         *,
         resume: bool | str | os.PathLike[str] = False,
+        allow_setting_changes: bool = False,
     ) -> list[dict[str, float]]:
         """Train up to :attr:`epochs` epochs and return the history.
 
@@ -227,7 +228,12 @@ class Trainer:
             resume: ``True`` to continue from :attr:`checkpoint_path`, or a path to
                 a checkpoint. Model, optimizer, scheduler, scaler, RNG states,
                 epoch, step and history are restored, so the run continues exactly
-                as if it had never stopped.
+                as if it had never stopped. The checkpoint must have been written
+                with the same ``seed``, ``batch_size`` and number of processes
+                (they decide the data order).
+            allow_setting_changes: Resume even if ``seed``, ``batch_size`` or the
+                number of processes differ from the checkpoint's (the run then
+                continues with another data order than it started with).
 
         Returns:
             :attr:`history`: one dict per completed epoch with ``epoch`` (1-based),
@@ -241,6 +247,9 @@ class Trainer:
             FileNotFoundError: ``resume`` asks for a checkpoint that does not exist.
             CheckpointError: the checkpoint is corrupt, foreign, or does not fit
                 (nothing is changed then).
+            ResumeSettingsError: the checkpoint was written with another
+                ``seed``, ``batch_size`` or number of processes (a
+                :class:`~pynsm.train.CheckpointError`; nothing is changed then).
             CheckpointInUseError: another run is writing :attr:`checkpoint_path`.
             TrainingDiverged: the loss became non-finite (``on_nonfinite="raise"``).
             TrainingInterrupted: SIGINT or SIGTERM arrived; any checkpoint write
@@ -250,6 +259,7 @@ class Trainer:
                 :mod:`pynsm.train.signals`).
         """
         check_not_empty(data)
+        check_bool("allow_setting_changes", allow_setting_changes)
         if resume:
             resume_path = self.checkpoint_path if resume is True else os.fspath(resume)
             if resume_path is None:
@@ -263,7 +273,9 @@ class Trainer:
                 self._wrap_for_distributed()
                 if resume:
                     with guard.critical():  # a restore is not cut in half
-                        self.load_checkpoint(resume_path)
+                        self.load_checkpoint(
+                            resume_path, allow_setting_changes=allow_setting_changes
+                        )
                 self._run(self._loader(data), guard)
         return self.history
 
@@ -437,12 +449,19 @@ class Trainer:
         rank-local state are kept, see :mod:`pynsm.train.ddp`)."""
         write_trainer_checkpoint(self, path)
 
-    def load_checkpoint(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | os.PathLike[str], *, allow_setting_changes: bool = False
+    ) -> dict[str, Any]:
         """Restore the state written by :meth:`save_checkpoint`, whole or not at all.
 
         Every part (model, optimizer class and state, scheduler, scaler, epoch,
         step, history, RNG, metadata) is checked before anything is applied; if a
         part still fails while applying, everything is put back.
+
+        Args:
+            path: The checkpoint file.
+            allow_setting_changes: Accept a checkpoint written with another
+                ``seed``, ``batch_size`` or number of processes.
 
         Returns:
             The loaded checkpoint dict (with ``"metadata"``).
@@ -450,6 +469,8 @@ class Trainer:
         Raises:
             FileNotFoundError: no file at ``path``.
             CheckpointError: a one-line reason; model, optimizer and trainer are
-                unchanged.
+                unchanged. :class:`~pynsm.train.ResumeSettingsError` (a subclass)
+                when only the settings above differ.
         """
-        return restore_trainer(self, path)
+        check_bool("allow_setting_changes", allow_setting_changes)
+        return restore_trainer(self, path, allow_setting_changes=allow_setting_changes)

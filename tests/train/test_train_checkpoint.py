@@ -19,6 +19,7 @@ from pynsm.train import (
     CheckpointError,
     CheckpointInUseError,
     CircuitTask,
+    ResumeSettingsError,
     Trainer,
     load_checkpoint,
     save_checkpoint,
@@ -443,3 +444,44 @@ def test_an_unwritable_checkpoint_folder_fails_before_training(tmp_path):
     with pytest.raises(OSError, match="cannot write checkpoints next to"):
         trainer.fit(TensorDataset(torch.randn(4, 1)))
     assert calls == []  # no work done
+
+
+@pytest.mark.parametrize(
+    ("changed", "setting"),
+    [
+        ({"seed": 1}, "seed=0, this run has seed=1"),
+        ({"batch_size": 3}, "batch_size=4, this run has batch_size=3"),
+    ],
+)
+def test_resuming_with_another_data_order_is_refused(tmp_path, changed, setting):
+    _trained(tmp_path)
+    torch.manual_seed(0)
+    task = CircuitTask(SimilarityMatching(nn.Linear(4, 3), 3))
+    before = {k: v.clone() for k, v in task.state_dict().items()}
+    options = {"epochs": 2, "batch_size": 4, "progress": False, **changed}
+    trainer = Trainer(task, checkpoint_path=tmp_path / "last.pt", **options)
+    with pytest.raises(ResumeSettingsError) as info:
+        trainer.fit(TensorDataset(torch.randn(12, 4)), resume=True)
+    message = str(info.value)
+    assert setting in message and "allow_setting_changes=True" in message
+    assert "\n" not in message and isinstance(info.value, CheckpointError)
+    name = next(iter(changed))
+    assert info.value.settings == {
+        name: (4 if name == "batch_size" else 0, changed[name])
+    }
+    assert trainer.epoch == 0 and all(
+        torch.equal(v, before[k]) for k, v in task.state_dict().items()
+    )  # nothing applied
+    history = trainer.fit(
+        TensorDataset(torch.randn(12, 4)), resume=True, allow_setting_changes=True
+    )
+    assert [entry["epoch"] for entry in history] == [1, 2]
+
+
+def test_a_checkpoint_from_another_world_size_is_refused(tmp_path):
+    trainer = _trained(tmp_path)
+    trainer.world_size = 2  # as if resumed by two processes
+    with pytest.raises(
+        ResumeSettingsError, match="world_size=1, this run has world_size=2"
+    ):
+        trainer.load_checkpoint(tmp_path / "last.pt")
