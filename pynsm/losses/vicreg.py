@@ -1,4 +1,11 @@
-"""VICReg: variance-invariance-covariance regularisation of two views."""
+"""VICReg: variance-invariance-covariance regularisation of two views.
+
+Every term is computed in at least float32 and outside autocast: projector outputs
+are not normalised, and for features of scale ~100 the covariance ``x.T @ x`` of a
+float16 batch overflows (65504), while bfloat16 keeps 8 bits of each product. The
+inputs are upcast (a differentiable copy), so gradients reach them in their own
+dtype; the loss is float32.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pynsm import distributed
+from pynsm.losses._numerics import at_least_float32, autocast_disabled
 
 
 def invariance_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -23,7 +31,8 @@ def invariance_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         >>> float(invariance_loss(torch.zeros(2, 3), torch.ones(2, 3)))
         1.0
     """
-    return F.mse_loss(x, y)
+    with autocast_disabled(x):
+        return F.mse_loss(at_least_float32(x), at_least_float32(y))
 
 
 def variance_loss(x: torch.Tensor, eps: float = 0.0001) -> torch.Tensor:
@@ -42,8 +51,9 @@ def variance_loss(x: torch.Tensor, eps: float = 0.0001) -> torch.Tensor:
         >>> float(variance_loss(torch.zeros(4, 3), eps=0.0))  # collapsed: maximal
         1.0
     """
-    std = torch.sqrt(x.var(dim=0) + eps)
-    return F.relu(1.0 - std).mean()
+    with autocast_disabled(x):
+        std = torch.sqrt(at_least_float32(x).var(dim=0) + eps)
+        return F.relu(1.0 - std).mean()
 
 
 def covariance_loss(x: torch.Tensor) -> torch.Tensor:
@@ -62,15 +72,17 @@ def covariance_loss(x: torch.Tensor) -> torch.Tensor:
         >>> bool(covariance_loss(x) > 0.1)
         True
     """
-    x = x - x.mean(dim=0)
-    batch_size, dim = x.shape[0], x.shape[-1]
-    if x.ndim == 2:
-        cov = x.T @ x / (batch_size - 1)
-    else:
-        cov = torch.einsum("b...c,b...d->...cd", x, x) / (batch_size - 1)
-    # zero the diagonal rather than subtract it from the total (no cancellation)
-    off_diagonal = 1 - torch.eye(dim, device=x.device, dtype=cov.dtype)
-    return ((cov * off_diagonal).pow(2).sum(dim=(-2, -1)) / dim).mean()
+    with autocast_disabled(x):
+        x = at_least_float32(x)
+        x = x - x.mean(dim=0)
+        batch_size, dim = x.shape[0], x.shape[-1]
+        if x.ndim == 2:
+            cov = x.T @ x / (batch_size - 1)
+        else:
+            cov = torch.einsum("b...c,b...d->...cd", x, x) / (batch_size - 1)
+        # zero the diagonal rather than subtract it from the total (no cancellation)
+        off_diagonal = 1 - torch.eye(dim, device=x.device, dtype=cov.dtype)
+        return ((cov * off_diagonal).pow(2).sum(dim=(-2, -1)) / dim).mean()
 
 
 def vicreg_loss(
@@ -89,7 +101,9 @@ def vicreg_loss(
     :func:`variance_loss` and :func:`covariance_loss`. With
     ``gather_distributed`` the variance and covariance are those of the batches of
     all processes (gathered with gradients); the invariance term is per sample,
-    so averaging it over processes gives the global mean.
+    so averaging it over processes gives the global mean. Computed in at least
+    float32, outside autocast (half-precision inputs give the float32 loss of the
+    same values; their gradients keep the input dtype).
 
     Args:
         z_a: ``[B, ..., D]`` embeddings of the first views, ``B > 1``.
@@ -117,12 +131,15 @@ def vicreg_loss(
         )
     if z_a.shape[0] < 2:
         raise ValueError(f"z_a and z_b must have batch size > 1, got {z_a.shape[0]}")
-    invariance = invariance_loss(z_a, z_b)
-    if gather_distributed:
-        z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
-    variance = 0.5 * (variance_loss(z_a, eps) + variance_loss(z_b, eps))
-    covariance = covariance_loss(z_a) + covariance_loss(z_b)
-    return lambda_param * invariance + mu_param * variance + nu_param * covariance
+    with autocast_disabled(z_a):
+        # upcast once here; the terms then find float32 and keep it
+        z_a, z_b = at_least_float32(z_a), at_least_float32(z_b)
+        invariance = invariance_loss(z_a, z_b)
+        if gather_distributed:
+            z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
+        variance = 0.5 * (variance_loss(z_a, eps) + variance_loss(z_b, eps))
+        covariance = covariance_loss(z_a) + covariance_loss(z_b)
+        return lambda_param * invariance + mu_param * variance + nu_param * covariance
 
 
 class VICRegLoss(nn.Module):

@@ -9,6 +9,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from pynsm import distributed
+from pynsm.losses._numerics import at_least_float32, autocast_disabled
 from pynsm.losses.vicreg import (
     covariance_loss,
     invariance_loss,
@@ -78,6 +79,10 @@ class VICRegLLoss(nn.Module):
       other; the VICReg loss of the matched features (covariance weight
       ``nu_param / 2``, as in the authors' code) is averaged over both directions
       and summed over the two matchings, then averaged over the view pairs.
+
+    Computed in at least float32 and outside autocast, as :func:`vicreg_loss`:
+    half-precision features give the float32 loss of the same values (gradients
+    keep the input dtype).
 
     Args:
         lambda_param: Coefficient for the invariance term.
@@ -207,13 +212,21 @@ class VICRegLLoss(nn.Module):
                     f"{tuple(global_features.shape)}, {tuple(local_features.shape)} "
                     f"and {tuple(grid.shape)}"
                 )
+        with autocast_disabled(views[0][0]):
+            # float32 at least, as VICReg: unnormalised half-precision features
+            # overflow in the covariances (and cdist has no half kernel on the CPU)
+            views = [tuple(at_least_float32(t) for t in view) for view in views]
+            grids = [at_least_float32(grid) for grid in grids]
+            return self._loss(len(global_view_features), views, grids)
+
+    def _loss(
+        self,
+        num_global: int,
+        views: list[tuple[torch.Tensor, torch.Tensor]],
+        grids: list[torch.Tensor],
+    ) -> torch.Tensor:
         # ordered pairs (global view a, any other view b), as in the authors' code
-        pairs = [
-            (a, b)
-            for a in range(len(global_view_features))
-            for b in range(len(views))
-            if b != a
-        ]
+        pairs = [(a, b) for a in range(num_global) for b in range(len(views)) if b != a]
         global_loss = self._global_loss([g for g, _ in views], pairs)
         local_loss = sum(
             self._local_loss(views[a][1], views[b][1], grids[a], grids[b])

@@ -101,3 +101,47 @@ def test_errors(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
     with pytest.raises(ValueError, match="gather_distributed"):
         VICRegLoss(gather_distributed=True)
+
+
+def _projector_outputs(dtype, batch=64, dim=32, scale=100.0):
+    """Unnormalised projector outputs: exactly representable in ``dtype``."""
+    g = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(batch, dim, generator=g) * scale).to(dtype).requires_grad_()
+        for _ in range(2)
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_give_the_float32_loss(dtype):
+    # fp16: x.T @ x of scale-100 features overflows 65504; bf16: 8-bit mantissas
+    z_a, z_b = _projector_outputs(dtype)
+    value = VICRegLoss()(z_a, z_b)
+    ref_a, ref_b = (z.detach().float().requires_grad_() for z in (z_a, z_b))
+    ref = VICRegLoss()(ref_a, ref_b)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, ref, rtol=1e-6, atol=0)
+    value.backward()
+    ref.backward()
+    for z, r in ((z_a, ref_a), (z_b, ref_b)):
+        assert z.grad.dtype == dtype
+        torch.testing.assert_close(z.grad, r.grad.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_gives_the_float32_loss(dtype):
+    z_a, z_b = (z.detach().float() for z in _projector_outputs(torch.float32))
+    ref = VICRegLoss()(z_a, z_b)
+    with torch.autocast("cpu", dtype=dtype):
+        value = VICRegLoss()(z_a, z_b)
+    torch.testing.assert_close(value, ref, rtol=1e-6, atol=0)
+
+
+def test_term_functions_in_half_precision():
+    x = _projector_outputs(torch.float16)[0].detach()
+    for term in (variance_loss, covariance_loss):
+        torch.testing.assert_close(term(x), term(x.float()), rtol=1e-6, atol=0)
+    y = x.flip(0)
+    torch.testing.assert_close(
+        invariance_loss(x, y), invariance_loss(x.float(), y.float())
+    )

@@ -171,3 +171,32 @@ def test_errors(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
     with pytest.raises(ValueError, match="gather_distributed"):
         VICRegLLoss(gather_distributed=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_give_the_float32_loss(dtype):
+    # unnormalised features of scale ~100: the fp16 covariances overflow
+    views, grids = _views([(3, 3), (3, 3), (2, 2)], batch=16, dim_g=8, dim_l=6)
+    half = [
+        tuple((t.detach() * 100).to(dtype).requires_grad_() for t in view)
+        for view in views
+    ]
+    single = [tuple(t.detach().float().requires_grad_() for t in v) for v in half]
+    grids_half = [g.to(dtype) for g in grids]
+    grids_single = [g.float() for g in grids_half]
+    loss_fn = VICRegLLoss(num_matches=(4, 2))
+    value = loss_fn(half[:2], grids_half[:2], half[2:], grids_half[2:])
+    ref = loss_fn(single[:2], grids_single[:2], single[2:], grids_single[2:])
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, ref, rtol=1e-6, atol=0)
+    value.backward()
+    ref.backward()
+    for view, ref_view in zip(half, single):
+        for t, r in zip(view, ref_view):
+            assert t.grad.dtype == dtype
+            torch.testing.assert_close(t.grad, r.grad.to(dtype))
+    with torch.autocast("cpu", dtype=dtype):
+        in_autocast = loss_fn(
+            single[:2], grids_single[:2], single[2:], grids_single[2:]
+        )
+    torch.testing.assert_close(in_autocast, ref, rtol=1e-6, atol=0)
