@@ -11,12 +11,14 @@ later run could mistake for data.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
 import tempfile
 import urllib.request
 from collections.abc import Iterable
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -63,8 +65,13 @@ def download_file(
         OSError: the network or the disk failed (nothing is left either).
 
     Example:
+        >>> import os, tempfile
         >>> from pynsm.data.download import download_file
-        >>> download_file("http://127.0.0.1:9/x", "/tmp/x")  # doctest: +SKIP
+        >>> folder = tempfile.mkdtemp()
+        >>> download_file("file:///dev/null", os.path.join(folder, "empty"),
+        ...               md5="d41d8cd98f00b204e9800998ecf8427e", progress=False)
+        ... # doctest: +ELLIPSIS
+        '.../empty'
     """
     if md5 is None and sha256 is None:
         raise ValueError(
@@ -77,28 +84,10 @@ def download_file(
     expected = (md5 if md5 is not None else sha256 or "").lower()
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pynsm-download-", suffix=".part")
     try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(url, timeout=timeout) as response,
-        ):
-            total = response.headers.get("Content-Length")
-            total = int(total) if total and total.isdigit() else None
-            received = 0
-            with tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                desc=os.path.basename(destination),
-                disable=not progress,
-            ) as bar:
-                while True:
-                    chunk = response.read(_CHUNK)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
+        try:
+            received, total = _stream(url, timeout, fd, digest, destination, progress)
+        except http.client.HTTPException as exc:  # e.g. IncompleteRead: not OSError
+            raise OSError(f"download of {url} failed: {exc!r}") from exc
         if total is not None and received != total:
             raise ValueError(
                 f"download of {url} ended after {received} of {total} bytes"
@@ -114,6 +103,30 @@ def download_file(
             os.remove(tmp)
         raise
     return destination
+
+
+def _stream(
+    url: str, timeout: float, fd: int, digest: Any, destination: str, progress: bool
+) -> tuple[int, int | None]:
+    """Copy the response into ``fd`` and ``digest``; ``(received, announced)``."""
+    with os.fdopen(fd, "wb") as out:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            received = 0
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=os.path.basename(destination),
+                disable=not progress,
+            ) as bar:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    return received, total
 
 
 def extract_members(
