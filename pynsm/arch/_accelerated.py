@@ -86,7 +86,11 @@ def solve_linear(
     spatial = b.ndim > 2
     matrix = competitor.to(torch.float64)
     inverse, info = torch.linalg.inv_ex(matrix)
-    # a singular M (info > 0) has no unique fixed point: refinement cannot help
+    if bool(info):  # one synchronisation per forward, on an accelerator
+        raise ValueError(
+            "solver='accelerated': the competitor M is singular, so M y = b has no "
+            "unique solution; use solver='gradient'"
+        )
     solve = make_product(inverse.to(b.dtype), spatial)
     y = torch.empty_like(b)
     solve(torch.zeros((), dtype=b.dtype, device=b.device), b, y)
@@ -158,8 +162,8 @@ def solve_projected(
     """
     if max_iterations <= 0:
         return torch.zeros_like(b), -1
-    step, beta = constants if constants is not None else heavy_ball_constants(
-        competitor
+    step, beta = (
+        constants if constants is not None else heavy_ball_constants(competitor)
     )
     spatial = b.ndim > 2
     size = competitor.shape[0]
