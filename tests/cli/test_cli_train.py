@@ -35,6 +35,11 @@ def test_json_report_and_closing_table(tmp_path, small_npz, capsys):
     assert result["model"] == "supervised-sm" and result["world_size"] == 1
     assert result["num_train"] + result["num_test"] == 200
     assert result["num_classes"] == 10  # labels 0, 1e9, ... remapped to 0..9
+    # the dataset and the split evaluated on (issue 14), the recipe of the 8x8 size
+    assert result["dataset"] == small_npz and result["recipe"] == "small"
+    assert (result["train_size"], result["test_size"]) == (150, 50)
+    assert result["image_shape"] == [1, 8, 8] and result["split"] == "stratified"
+    assert "evaluated on the stratified 25% split, 50 images" in out
     assert result["train_seconds"] > 0 and result["eval_seconds"] > 0
     for key in ("test_accuracy", "random_init_accuracy", "pixel_accuracy"):
         assert 0.0 <= result[key] <= 1.0, key
