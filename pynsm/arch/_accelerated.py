@@ -115,20 +115,13 @@ def solve_linear(
 
 def heavy_ball_constants(competitor: torch.Tensor) -> tuple[float, float]:
     """Step `a` and momentum `beta` for `M`'s symmetric part (see the module doc)."""
-    matrix = competitor.detach().to(torch.float64)
-    eigenvalues = torch.linalg.eigvalsh((matrix + matrix.T) / 2)
-    mu, big = (float(v) for v in eigenvalues[[0, -1]])
-    if not (math.isfinite(mu) and math.isfinite(big)) or big <= 0:
-        raise ValueError(
-            "solver='accelerated' needs a competitor M with a positive eigenvalue "
-            f"and finite entries; its symmetric part has eigenvalues in [{mu}, {big}]"
-        )
+    return _heavy_ball(*_spectrum(competitor))
+
+
+def _heavy_ball(mu: float, big: float) -> tuple[float, float]:
     if mu <= 0:  # not convex: no momentum, the largest safe step
         return 1.0 / big, 0.0
-    root_big, root_mu = math.sqrt(big), math.sqrt(mu)
-    step = 4.0 / (root_big + root_mu) ** 2
-    beta = ((root_big - root_mu) / (root_big + root_mu)) ** 2
-    return step, beta
+    return _constants(mu, big)
 
 
 def solve_projected(
@@ -141,6 +134,7 @@ def solve_projected(
     on_iteration: IterationCallback | None = None,
     chunk_rows: int | None = None,
     constants: tuple[float, float] | None = None,
+    nonnegative: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Projected heavy-ball steps from `y = 0` (see the module docstring).
 
@@ -154,7 +148,11 @@ def solve_projected(
         on_iteration: optional callback after every step (then no blocks).
         chunk_rows: run blocks of this many samples at a time, each to its own
             residual (the projection must act on samples independently).
-        constants: `(a, beta)`; by default `heavy_ball_constants(competitor)`.
+        constants: `(a, beta)`; by default `heavy_ball_constants(competitor)`,
+            adapted to the free sets when `nonnegative`.
+        nonnegative: `P` is ReLU: after `CHECK_EVERY` steps, `mu` is raised to
+            the smallest eigenvalue of `M` on the free coordinates (see the
+            module docstring).
 
     Returns:
         `(y, last_idx)`: `y` shaped like `b`, and the largest index of the last step
@@ -162,17 +160,8 @@ def solve_projected(
     """
     if max_iterations <= 0:
         return torch.zeros_like(b), -1
-    step, beta = (
-        constants if constants is not None else heavy_ball_constants(competitor)
-    )
-    spatial = b.ndim > 2
-    size = competitor.shape[0]
-    weight = competitor.to(b.dtype)
-    eye = torch.eye(size, dtype=b.dtype, device=b.device)
-    momentum_update = make_product(eye * (1 + beta) - step * weight, spatial)
-    plain_update = make_product(eye - lr * weight, spatial)
     solver = _HeavyBall(
-        step, beta, lr, momentum_update, plain_update, project_, tol, max_iterations
+        competitor, b, lr, project_, tol, max_iterations, constants, nonnegative
     )
     if chunk_rows is None or chunk_rows >= b.shape[0] or on_iteration is not None:
         return solver.run(b, on_iteration)
@@ -186,49 +175,187 @@ def solve_projected(
 
 
 class _HeavyBall:
-    """The loop of `solve_projected` on one block of samples."""
+    """The loop of `solve_projected`, run on one block of samples after another.
+
+    The constants, once adapted to the free sets (on the first block), stay
+    adapted for the blocks after it.
+    """
 
     def __init__(
-        self, step, beta, lr, momentum_update, plain_update, project_, tol, iterations
+        self, competitor, like, lr, project_, tol, iterations, constants, nonnegative
     ):
-        self.step, self.beta, self.lr = step, beta, lr
-        self.momentum_update, self.plain_update = momentum_update, plain_update
-        self.project_, self.tol, self.iterations = project_, tol, iterations
+        self.weight = competitor.to(like.dtype)
+        matrix = competitor.detach().to(torch.float64)
+        self.symmetric = (matrix + matrix.T) / 2
+        self.spatial = like.ndim > 2
+        self.lr, self.project_ = lr, project_
+        self.tol, self.iterations = tol, iterations
+        self.plain_update = make_product(
+            torch.eye(len(self.weight), dtype=like.dtype, device=like.device)
+            - lr * self.weight,
+            self.spatial,
+        )
+        self.mu, self.big = _spectrum(matrix)
+        if constants is None:
+            constants = _heavy_ball(self.mu, self.big)
+            self.adapt = nonnegative and constants[1] > 0
+        else:
+            self.adapt = False
+        self._set_constants(*constants)
+
+    def _set_constants(self, step: float, beta: float) -> None:
+        self.step, self.beta = step, beta
+        eye = torch.eye(
+            len(self.weight), dtype=self.weight.dtype, device=self.weight.device
+        )
+        self.momentum_update = make_product(
+            eye * (1 + beta) - step * self.weight, self.spatial
+        )
 
     def run(
         self, b: torch.Tensor, on_iteration: IterationCallback | None = None
     ) -> tuple[torch.Tensor, int]:
-        step, beta, project_ = self.step, self.beta, self.project_
-        drive = b * step
-        plain_drive = b * self.lr if self.tol > 0 else None
+        project_ = self.project_
+        drive = b * self.step
+        checks = self.tol > 0 or self.adapt
+        plain_drive = b * self.lr if checks else None
+        scratch = torch.empty_like(b) if checks else None
         # step 0 from y = y_{-1} = 0
         y = drive.clone()
         project_(y)
         if on_iteration is not None and on_iteration(0, y):
             return y, 0
         previous = torch.zeros_like(b)
-        scratch = torch.empty_like(b) if self.tol > 0 else None
-        last_residual = math.inf
+        last_residual, last_check, next_check = math.inf, 0, CHECK_EVERY
         for i in range(1, self.iterations):
             # previous <- a b - beta y_{k-1}, then P(previous + B y_k): y_{k+1}
-            torch.add(drive, previous, alpha=-beta, out=previous)
+            torch.add(drive, previous, alpha=-self.beta, out=previous)
             self.momentum_update(previous, y, previous)
             project_(previous)
             y, previous = previous, y
             if on_iteration is not None and on_iteration(i, y):
                 return y, i
-            if scratch is not None and i % CHECK_EVERY == 0:
-                self.plain_update(plain_drive, y, scratch)  # T(y)
-                project_(scratch)
-                # one synchronisation for both norms
-                norms = torch.stack([scratch.sub_(y).norm(), y.norm()])
-                residual, norm = norms.tolist()
-                if residual <= self.tol * norm:
-                    return y, i
-                if residual > last_residual:  # restart: drop the momentum
-                    previous.copy_(y)
-                last_residual = residual
+            if i < next_check or not checks:
+                continue
+            self.plain_update(plain_drive, y, scratch)  # T(y)
+            project_(scratch)
+            scratch.sub_(y)  # T(y) - y
+            if self.adapt:
+                self._adapt_to_free_sets(y, scratch)
+                drive = b * self.step
+                previous.copy_(y)  # new constants: start the momentum afresh
+            if self.tol <= 0:
+                checks = False
+                continue
+            # one synchronisation for both norms
+            norms = torch.stack([scratch.norm(), y.norm()])
+            residual, norm = norms.tolist()
+            if residual <= self.tol * norm:
+                return y, i
+            if residual > last_residual:  # restart: drop the momentum
+                previous.copy_(y)
+            next_check = i + self._steps_to_tol(
+                residual, last_residual, i - last_check, norm
+            )
+            last_residual, last_check = residual, i
         return y, self.iterations - 1
+
+    def _steps_to_tol(
+        self, residual: float, last_residual: float, steps: int, norm: float
+    ) -> int:
+        """When to look again: the steps the residual needs to reach `tol` at the
+        rate it fell since the last look (the theoretical one, `sqrt(beta)`, at the
+        first), between 1 and `4 * CHECK_EVERY`."""
+        if math.isfinite(last_residual):
+            rate = (residual / last_residual) ** (1 / steps) if last_residual else 1.0
+        else:
+            rate = math.sqrt(self.beta) if self.beta > 0 else 1.0
+        if not 0 < rate < 1:
+            return CHECK_EVERY
+        needed = math.log(self.tol * norm / residual) / math.log(rate)
+        return min(max(math.ceil(needed), 1), 4 * CHECK_EVERY)
+
+    def _adapt_to_free_sets(self, y: torch.Tensor, change: torch.Tensor) -> None:
+        """Raise `mu` to the smallest eigenvalue of `M` on the free coordinates
+        (`y > 0`) of the samples furthest from their fixed point (Lanczos)."""
+        self.adapt = False
+        distance = change.square().sum(1).flatten()  # per sample (and position)
+        worst = distance.topk(min(_ADAPT_COLUMNS, len(distance))).indices
+        if self.spatial:  # y[sample, :, position] for the worst columns
+            positions = y.shape[2]
+            columns = y[worst // positions, :, worst % positions]
+        else:
+            columns = y[worst]
+        free = columns > 0
+        low = _restricted_lambda_min(self.symmetric, free)
+        if math.isfinite(low) and self.mu < low < self.big:
+            self._set_constants(*_constants(low, self.big))
+
+
+#: Lanczos steps and number of samples of the free-set estimate of `mu`
+_LANCZOS_STEPS = 8
+_ADAPT_COLUMNS = 16
+
+
+def _spectrum(competitor: torch.Tensor) -> tuple[float, float]:
+    """Smallest and largest eigenvalue of `M`'s symmetric part (a clear error when
+    there is no positive one)."""
+    matrix = competitor.detach().to(torch.float64)
+    eigenvalues = torch.linalg.eigvalsh((matrix + matrix.T) / 2)
+    mu, big = (float(v) for v in eigenvalues[[0, -1]])
+    if not (math.isfinite(mu) and math.isfinite(big)) or big <= 0:
+        raise ValueError(
+            "solver='accelerated' needs a competitor M with a positive eigenvalue "
+            f"and finite entries; its symmetric part has eigenvalues in [{mu}, {big}]"
+        )
+    return mu, big
+
+
+def _constants(mu: float, big: float) -> tuple[float, float]:
+    """Heavy-ball step and momentum for the spectrum `[mu, big]`, `mu > 0`."""
+    root_big, root_mu = math.sqrt(big), math.sqrt(mu)
+    step = 4.0 / (root_big + root_mu) ** 2
+    beta = ((root_big - root_mu) / (root_big + root_mu)) ** 2
+    return step, beta
+
+
+def _restricted_lambda_min(weight: torch.Tensor, free: torch.Tensor) -> float:
+    """The smallest, over columns, Lanczos estimate of the smallest eigenvalue of
+    `M` restricted to a column's free coordinates (`free`, `[S, C]` bool).
+
+    Lanczos estimates it from above, so `mu` is never set below the true value
+    of the sampled columns; a larger `mu` than some other column's only slows
+    that column (it never makes the iteration diverge).
+    """
+    mask = free.to(weight.dtype)
+    mask = mask[mask.sum(1) > 0]
+    if len(mask) == 0:
+        return math.inf
+    steps = min(_LANCZOS_STEPS, weight.shape[0])
+    big = float(weight.abs().sum(1).max())  # pads columns whose space is exhausted
+    v = mask / mask.sum(1, keepdim=True).sqrt()
+    v_prev = torch.zeros_like(v)
+    beta_prev = torch.zeros(len(mask), dtype=weight.dtype, device=weight.device)
+    active = torch.ones(len(mask), dtype=torch.bool, device=weight.device)
+    alphas, betas = [], []
+    for _ in range(steps):
+        w = (v @ weight.T) * mask
+        alpha = (w * v).sum(1)
+        w -= alpha[:, None] * v + beta_prev[:, None] * v_prev
+        beta = w.norm(dim=1)
+        alphas.append(torch.where(active, alpha, big))
+        active = active & (beta > 1e-10 * alpha.abs().clamp_min(1e-300))
+        beta = torch.where(active, beta, 0.0)
+        betas.append(beta)
+        v_prev, v = (
+            v,
+            torch.where(active[:, None], w / beta.clamp_min(1e-300)[:, None], 0.0),
+        )
+        beta_prev = beta
+    tridiagonal = torch.diag_embed(torch.stack(alphas, 1))
+    off = torch.diag_embed(torch.stack(betas[:-1], 1), offset=1)
+    ritz = torch.linalg.eigvalsh(tridiagonal + off + off.transpose(1, 2))
+    return float(ritz[:, 0].min())
 
 
 def _small(residual: torch.Tensor, norm: torch.Tensor, tol: float) -> bool:

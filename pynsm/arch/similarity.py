@@ -386,6 +386,7 @@ class MultiSimilarityMatching(IterationLossModule):
                     tol=self.tol,
                     on_iteration=callback,
                     chunk_rows=chunk_rows,
+                    nonnegative=project_ is torch.Tensor.relu_,
                 )
             else:
                 drive = b if lr == 1 else b * lr
