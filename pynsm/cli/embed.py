@@ -20,23 +20,33 @@ import numpy as np
 import torch
 
 from pynsm.cli import evaluate
-from pynsm.cli.args import RunError, check_output_file, fail
+from pynsm.cli.args import RunError, UsageError, check_output_file, fail
 from pynsm.cli.recipes import MODELS
 from pynsm.cli.setup import (
     build_model,
     check_dataset,
+    check_decodes,
     cpu_threads,
+    decode_error_line,
     first_images,
     load_data,
     resolve_device,
     take_subset,
 )
+from pynsm.data.folder import ImageDecodeError
 
 __all__ = ["run"]
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pynsm embed``; returns the exit status."""
+    try:
+        return _run(args)
+    except ImageDecodeError as exc:  # an image of a folder that would not decode
+        raise UsageError(f"--dataset: {decode_error_line(exc)}") from exc
+
+
+def _run(args: argparse.Namespace) -> int:
     check_output_file("--out", args.out, suffix=".npz")
     device = resolve_device(args.device)
     path = os.path.join(args.checkpoint_dir, "last.pt")
@@ -50,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     )
     train_set = take_subset(train_set, metadata.get("train_subset"))
     recipe, spec, info = check_dataset(name, train_set, test_set)
+    check_decodes((train_set, test_set))
     saved_recipe = metadata.get("recipe")
     if saved_recipe is not None and saved_recipe != recipe:
         fail(

@@ -11,11 +11,12 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from pynsm.cli.args import RunError, fail
 from pynsm.cli.recipes import ModelSpec, select_recipe
 from pynsm.data import ImageDatasetInfo, check_image_dataset
+from pynsm.data.folder import ImageDecodeError
 
 __all__ = [
     "SPLIT",
@@ -27,6 +28,8 @@ __all__ = [
     "build_model",
     "cpu_threads",
     "first_images",
+    "decode_error_line",
+    "check_decodes",
 ]
 
 #: The stratified split of datasets without their own (digits, an
@@ -107,6 +110,36 @@ def take_subset(data: Dataset, count: int | None) -> Dataset:
         if hasattr(data, name):
             setattr(subset, name, getattr(data, name))
     return subset
+
+
+def check_decodes(datasets: tuple[Dataset, ...], num_workers: int = 0) -> None:
+    """Decode every image of the lazy datasets once, so a bad file fails now.
+
+    Loading an image folder reads only the files' headers; a file cut short
+    after its header is found when its pixels are decoded. One pass over the
+    folder here (with ``num_workers`` loader processes) turns that into a usage
+    error before any output is written, instead of a failure mid-epoch. In-memory
+    datasets were checked when they were read.
+    """
+    for data in datasets:
+        if isinstance(data, TensorDataset):
+            continue
+        loader = DataLoader(data, batch_size=256, num_workers=num_workers)
+        try:
+            for _ in loader:
+                pass
+        except ImageDecodeError as exc:
+            fail(f"--dataset: {decode_error_line(exc)}")
+
+
+def decode_error_line(exc: BaseException) -> str:
+    """The message of an image that failed to decode, without worker tracebacks.
+
+    A ``DataLoader`` worker re-raises the error with the worker's traceback as
+    its text; the last line holds the original message.
+    """
+    line = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+    return line.split("ImageDecodeError: ")[-1]
 
 
 def first_images(data: Dataset, count: int = 2) -> torch.Tensor:

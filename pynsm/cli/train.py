@@ -34,8 +34,10 @@ from pynsm.cli.setup import (
     SPLIT,
     build_model,
     check_dataset,
+    check_decodes,
     cpu_threads,
     dataset_record,
+    decode_error_line,
     first_images,
     load_data,
     resolve_device,
@@ -69,6 +71,13 @@ class Plan:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pynsm train``; returns the exit status."""
+    try:
+        return _run(args)
+    except ImageDecodeError as exc:  # an image of a folder that would not decode
+        raise UsageError(f"--dataset: {decode_error_line(exc)}") from exc
+
+
+def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     plan = make_plan(args, device)  # the recipe depends on the data's image size
     with cpu_threads(plan.spec, device):
@@ -102,6 +111,7 @@ def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
     split = getattr(test_set, "split", "stratified")
     train_set = take_subset(train_set, args.train_subset)
     recipe, spec, info = check_dataset(args.model, train_set, test_set)
+    check_decodes((train_set, test_set), args.num_workers)
     if args.resume:
         _check_resume_fits(args, checkpoint, info, recipe)
     batch_size = args.batch_size or spec.batch_size
@@ -170,10 +180,6 @@ def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float
     start = time.perf_counter()
     try:
         history = trainer.fit(plan.train_set, resume=args.resume)
-    except ImageDecodeError as exc:  # a folder's image that would not decode
-        # a DataLoader worker re-raises it with the worker's traceback as text
-        line = str(exc).strip().splitlines()[-1].split("ImageDecodeError: ")[-1]
-        raise UsageError(f"--dataset: {line}") from exc
     except TrainingDiverged as exc:
         kept = (
             f"; the last good checkpoint is {exc.checkpoint_path}"

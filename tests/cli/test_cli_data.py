@@ -163,7 +163,7 @@ def _damage(kind, tmp_path, mnist_dir):
             handle.write(b"\x08\x01\x00\x00")  # bytes swapped
     elif kind == "labels":
         write_idx(os.path.join(raw, MNIST_NAMES["test"][1]), np.full(20, 12, np.uint8))
-    elif kind in ("one_class", "unreadable", "other_size"):
+    elif kind in ("one_class", "unreadable", "other_size", "cut_image"):
         pytest.importorskip("PIL")
         from PIL import Image
 
@@ -173,6 +173,9 @@ def _damage(kind, tmp_path, mnist_dir):
             (tmp_path / "pics" / "test" / "b" / "x.jpg").write_bytes(b"\xff\xd8junk")
         if kind == "other_size":
             Image.new("L", (9, 9)).save(tmp_path / "pics" / "train" / "a" / "9.png")
+        if kind == "cut_image":
+            path = tmp_path / "pics" / "train" / "b" / "1.png"
+            path.write_bytes(path.read_bytes()[:60])  # the header survives
         return ["--dataset", root]
     elif kind == "float64":
         images = np.zeros((8, 6, 6))
@@ -193,6 +196,7 @@ def _damage(kind, tmp_path, mnist_dir):
         ("one_class", "at least 2 class"),
         ("unreadable", "cannot read image"),
         ("other_size", "images differ in size"),
+        ("cut_image", "cannot decode image"),
         ("float64", "pixel values reach 1e+39"),
     ],
 )
