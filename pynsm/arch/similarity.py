@@ -31,10 +31,12 @@ from torch import nn
 from ..validation import check_bool, check_choice, check_float, check_int
 from ._accelerated import solve_linear, solve_projected
 from ._fused import make_update, run_fused_iteration
-from .base import IterationLossModule
+from .base import IterationLossModule, set_state
 
 _REGULARIZATIONS = ("weight", "whiten", "none")
 _SOLVERS = ("gradient", "accelerated")
+# `module.y` outside forward: empty (shared, never written to)
+_NO_ITERATE = torch.empty(0)
 # projections that act element-wise and equal ReLU: the fused iteration applies them
 # in place
 _RELU_PROJECTIONS = (torch.relu, torch.relu_, F.relu, F.relu_)
@@ -212,7 +214,7 @@ class MultiSimilarityMatching(IterationLossModule):
         self._install_competitor_hook()
 
         # state of one forward call, released when it ends: the iterate and `b`
-        self.y = torch.tensor([])
+        self.y = _NO_ITERATE
         self._Wx_sum: torch.Tensor | None = None
         # the previous iterate, for the general strategy's convergence test
         self._last_y: torch.Tensor | None = None
@@ -353,7 +355,7 @@ class MultiSimilarityMatching(IterationLossModule):
             `(y, last_idx)`: the output, detached, and the last iteration's index.
         """
         b, shape = self._encode_and_sum(inputs)
-        self._Wx_sum = b.view(shape)
+        set_state(self, _Wx_sum=b.view(shape))
         lr = self.it_optim_kwargs["lr"]
         spatial = len(shape) > 2
         on_device = b.device.type != "cpu"
@@ -364,7 +366,7 @@ class MultiSimilarityMatching(IterationLossModule):
             if on_iteration is not None:
 
                 def callback(idx: int, y_flat: torch.Tensor) -> bool:
-                    self.y = y_flat.view(shape)
+                    set_state(self, y=y_flat.view(shape))
                     return on_iteration(idx)
 
             chunk_rows = None
@@ -403,8 +405,9 @@ class MultiSimilarityMatching(IterationLossModule):
                     on_iteration=callback,
                     chunk_rows=chunk_rows,
                 )
-        self.y = y_flat.view(shape)
-        return self.y, last_idx
+        y = y_flat.view(shape)
+        set_state(self, y=y)
+        return y, last_idx
 
     def _in_place_projection(
         self, shape: torch.Size
@@ -474,9 +477,7 @@ class MultiSimilarityMatching(IterationLossModule):
     def release_iteration_state(self) -> None:
         """Drop every batch-sized tensor kept during `forward()`."""
         super().release_iteration_state()
-        self._Wx_sum = None
-        self._last_y = None
-        self.y = torch.tensor([])
+        set_state(self, _Wx_sum=None, _last_y=None, y=_NO_ITERATE)
 
     # ------------------------------------------------------------------- loss
     def loss(self, *args: torch.Tensor | None) -> torch.Tensor:

@@ -62,18 +62,11 @@ def read_mnist(split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images), torch.from_numpy(labels[:count].astype(np.int64))
 
 
-def conv_demo(solver: str = "gradient", **kwargs) -> SimilarityMatching:
-    """pynsm 1.0.1's conv demo circuit."""
+def conv_demo(**settings) -> SimilarityMatching:
+    """pynsm 1.0.1's conv demo circuit (40 plain steps), `settings` changed."""
     torch.manual_seed(0)
-    return SimilarityMatching(
-        nn.Conv2d(1, 50, 6),
-        out_channels=50,
-        tau=0.1,
-        max_iterations=40,
-        iteration_projection=torch.relu,
-        solver=solver,
-        **kwargs,
-    )
+    kwargs = {"tau": 0.1, "max_iterations": 40, "iteration_projection": torch.relu}
+    return SimilarityMatching(nn.Conv2d(1, 50, 6), out_channels=50, **kwargs | settings)
 
 
 def train_conv_demo(circuit: SimilarityMatching, images: torch.Tensor) -> float:
