@@ -6,7 +6,11 @@
   model and of the raw pixels;
 * ``pynsm embed`` (:mod:`pynsm.cli.embed`) writes the features of a trained model.
 
-The recipes of the models are in :mod:`pynsm.cli.recipes`. Every input is checked
+``--dataset`` takes digits, MNIST, Fashion-MNIST, KMNIST, CIFAR-10/100 (their
+standard splits, from ``--data-dir`` in torchvision's layout, ``--download`` to
+fetch them), an image folder or a ``.npz`` (:func:`pynsm.data.load_dataset`). The
+recipes of the models are in :mod:`pynsm.cli.recipes`; one is chosen from the
+image size and recorded in the report and the checkpoint. Every input is checked
 before any work: bad input prints one line to stderr and exits with status 2; a
 run that fails (divergence, full disk) prints one line and exits with 1; Ctrl-C
 and SIGTERM stop with one line and 130 / 143. :func:`main` leaves the process as

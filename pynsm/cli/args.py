@@ -95,6 +95,7 @@ def _add_data_flags(command: argparse.ArgumentParser, default: str | None) -> No
     )
     command.add_argument(
         "--data-dir",
+        metavar="DIR",
         help="folder of the published datasets, in torchvision's layout (e.g. "
         "DIR/MNIST/raw/train-images-idx3-ubyte[.gz]); default: $PYNSM_DATA, else "
         "~/.cache/pynsm",
@@ -126,7 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         "classify: k-shot and all-label linear probes and kNN, beside the same "
         "readouts of the untrained model and of the raw pixels.",
     )
-    train.add_argument("--model", choices=sorted(MODELS), default="supervised-sm")
+    train.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="supervised-sm",
+        help="the model; its recipe (epochs, batch size, lr, architecture) is "
+        "chosen from the image size: 'small' for images up to 16x16 (tuned on "
+        "digits), 'large' above (MNIST- and CIFAR-sized); the report and the "
+        "checkpoint record which",
+    )
     _add_data_flags(train, "digits")
     train.add_argument(
         "--epochs", type=_integer("--epochs", 0, MAX_COUNT), help="training epochs"
