@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pynsm import distributed
-from pynsm.losses._numerics import warn_skipped
+from pynsm.losses._numerics import all_finite, warn_skipped
 from pynsm.validation import check_bool, check_int
 
 __all__ = ["MemoryBankModule"]
@@ -132,9 +132,7 @@ class MemoryBankModule(nn.Module):
             batch = distributed.gather(batch)  # the same rows on every process
         # the pointer is read on the host anyway: fetch the finiteness flag with
         # it, so skipping a non-finite batch costs no extra device sync
-        flags = torch.stack(
-            [torch.isfinite(batch).all().to(self.bank_ptr), self.bank_ptr[0]]
-        )
+        flags = torch.stack([all_finite(batch).to(self.bank_ptr), self.bank_ptr[0]])
         finite, ptr = flags.tolist()
         if not finite:
             warn_skipped(f"{type(self).__name__} memory bank")
