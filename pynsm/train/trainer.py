@@ -265,18 +265,22 @@ class Trainer:
             if resume_path is None:
                 raise ValueError("resume=True needs a checkpoint_path")
         guard = SignalGuard()
-        with guard:
-            with guard.blocking():  # the rendezvous waits in C++ for the others
+        with guard, contextlib.ExitStack() as stack:
+            # the rendezvous, the agreement on the lock and DDP's first broadcast
+            # wait in C++ for the other processes: a signal ends the process there
+            with guard.blocking():
                 init_distributed_from_env()
-            self.world_size, self.rank = env_world_size(), env_rank()
-            with checkpoint_lock(self.checkpoint_path, self.rank, self.world_size):
+                self.world_size, self.rank = env_world_size(), env_rank()
+                stack.enter_context(
+                    checkpoint_lock(self.checkpoint_path, self.rank, self.world_size)
+                )
                 self._wrap_for_distributed()
-                if resume:
-                    with guard.critical():  # a restore is not cut in half
-                        self.load_checkpoint(
-                            resume_path, allow_setting_changes=allow_setting_changes
-                        )
-                self._run(self._loader(data), guard)
+            if resume:
+                with guard.critical():  # a restore is not cut in half
+                    self.load_checkpoint(
+                        resume_path, allow_setting_changes=allow_setting_changes
+                    )
+            self._run(self._loader(data), guard)
         return self.history
 
     def _run(self, loader: DataLoader, guard: SignalGuard) -> None:
