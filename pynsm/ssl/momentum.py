@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from pynsm.losses._numerics import warn_skipped
+from pynsm.losses._numerics import all_finite_on_host, warn_skipped
 from pynsm.validation import check_int
 
 
@@ -19,9 +19,10 @@ def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
     EMA model keep being updated by its own forward passes. If a parameter of
     ``model`` holds a non-finite value (a diverged step), the target is left as it
     was, with a ``RuntimeWarning``: once averaged in, ``nan`` would never leave it.
-    The check is one fused max-abs pass over the parameters and, on an accelerator,
-    one host sync per call (keeping the old target on the device instead would need
-    a copy of every parameter); the training loop syncs on its loss each step anyway.
+    The check reads the parameters once more (a min/max pass) and, on an
+    accelerator, costs one host sync per call (keeping the old target on the device
+    instead would need a copy of every parameter); the training loop syncs on its
+    loss each step anyway.
 
     Args:
         model: The online network (trained by the optimizer).
@@ -43,11 +44,7 @@ def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
     ):
         raise ValueError("model and model_ema must have parameters of the same shapes")
     online = [p.data for p in params]
-    if not online:
-        return
-    # max |p| over every tensor is finite exactly when every entry is
-    largest = torch._foreach_norm(online, float("inf"))
-    if not bool(torch.stack(largest).isfinite().all()):
+    if not all_finite_on_host(online):
         warn_skipped("update_momentum target")
         return
     # lerp_ computes ema + (1 - m) * (p - ema) in one fused pass
