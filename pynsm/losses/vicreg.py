@@ -52,8 +52,7 @@ def variance_loss(x: torch.Tensor, eps: float = 0.0001) -> torch.Tensor:
         1.0
     """
     with autocast_disabled(x):
-        std = torch.sqrt(at_least_float32(x).var(dim=0) + eps)
-        return F.relu(1.0 - std).mean()
+        return _variance(at_least_float32(x), eps)
 
 
 def covariance_loss(x: torch.Tensor) -> torch.Tensor:
@@ -73,16 +72,28 @@ def covariance_loss(x: torch.Tensor) -> torch.Tensor:
         True
     """
     with autocast_disabled(x):
-        x = at_least_float32(x)
-        x = x - x.mean(dim=0)
-        batch_size, dim = x.shape[0], x.shape[-1]
-        if x.ndim == 2:
-            cov = x.T @ x / (batch_size - 1)
-        else:
-            cov = torch.einsum("b...c,b...d->...cd", x, x) / (batch_size - 1)
-        # zero the diagonal rather than subtract it from the total (no cancellation)
-        off_diagonal = 1 - torch.eye(dim, device=x.device, dtype=cov.dtype)
-        return ((cov * off_diagonal).pow(2).sum(dim=(-2, -1)) / dim).mean()
+        return _covariance(at_least_float32(x))
+
+
+# The terms without the float32 guard, for callers that hold it already (one
+# autocast switch per loss rather than one per term)
+
+
+def _variance(x: torch.Tensor, eps: float) -> torch.Tensor:
+    std = torch.sqrt(x.var(dim=0) + eps)
+    return F.relu(1.0 - std).mean()
+
+
+def _covariance(x: torch.Tensor) -> torch.Tensor:
+    x = x - x.mean(dim=0)
+    batch_size, dim = x.shape[0], x.shape[-1]
+    if x.ndim == 2:
+        cov = x.T @ x / (batch_size - 1)
+    else:
+        cov = torch.einsum("b...c,b...d->...cd", x, x) / (batch_size - 1)
+    # zero the diagonal rather than subtract it from the total (no cancellation)
+    off_diagonal = 1 - torch.eye(dim, device=x.device, dtype=cov.dtype)
+    return ((cov * off_diagonal).pow(2).sum(dim=(-2, -1)) / dim).mean()
 
 
 def vicreg_loss(
@@ -132,14 +143,33 @@ def vicreg_loss(
     if z_a.shape[0] < 2:
         raise ValueError(f"z_a and z_b must have batch size > 1, got {z_a.shape[0]}")
     with autocast_disabled(z_a):
-        # upcast once here; the terms then find float32 and keep it
-        z_a, z_b = at_least_float32(z_a), at_least_float32(z_b)
-        invariance = invariance_loss(z_a, z_b)
-        if gather_distributed:
-            z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
-        variance = 0.5 * (variance_loss(z_a, eps) + variance_loss(z_b, eps))
-        covariance = covariance_loss(z_a) + covariance_loss(z_b)
-        return lambda_param * invariance + mu_param * variance + nu_param * covariance
+        return _vicreg(
+            at_least_float32(z_a),
+            at_least_float32(z_b),
+            lambda_param,
+            mu_param,
+            nu_param,
+            eps,
+            gather_distributed,
+        )
+
+
+def _vicreg(
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    lambda_param: float,
+    mu_param: float,
+    nu_param: float,
+    eps: float,
+    gather_distributed: bool,
+) -> torch.Tensor:
+    # vicreg_loss on checked float32 inputs, autocast off
+    invariance = F.mse_loss(z_a, z_b)
+    if gather_distributed:
+        z_a, z_b = distributed.gather(z_a), distributed.gather(z_b)
+    variance = 0.5 * (_variance(z_a, eps) + _variance(z_b, eps))
+    covariance = _covariance(z_a) + _covariance(z_b)
+    return lambda_param * invariance + mu_param * variance + nu_param * covariance
 
 
 class VICRegLoss(nn.Module):

@@ -6,16 +6,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as torch_dist
+import torch.nn.functional as F
 from torch import nn
 
 from pynsm import distributed
 from pynsm.losses._numerics import at_least_float32, autocast_disabled
-from pynsm.losses.vicreg import (
-    covariance_loss,
-    invariance_loss,
-    variance_loss,
-    vicreg_loss,
-)
+from pynsm.losses.vicreg import _covariance, _variance, vicreg_loss
 from pynsm.validation import check_int
 
 ViewFeatures = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -237,11 +233,11 @@ class VICRegLLoss(nn.Module):
     def _global_loss(
         self, features: list[torch.Tensor], pairs: list[tuple[int, int]]
     ) -> torch.Tensor:
-        invariance = sum(invariance_loss(features[a], features[b]) for a, b in pairs)
+        invariance = sum(F.mse_loss(features[a], features[b]) for a, b in pairs)
         if self.gather_distributed:
             features = [distributed.gather(f) for f in features]
-        variance = sum(variance_loss(f, self.eps) for f in features)
-        covariance = sum(covariance_loss(f) for f in features)
+        variance = sum(_variance(f, self.eps) for f in features)
+        covariance = sum(_covariance(f) for f in features)
         return (
             self.lambda_param * invariance / len(pairs)
             + self.mu_param * variance / len(features)
@@ -279,7 +275,7 @@ class VICRegLLoss(nn.Module):
         return loss
 
     def _matched_vicreg(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return vicreg_loss(
+        return vicreg_loss(  # checks the batch size of the matched features
             x,
             y,
             self.lambda_param,
