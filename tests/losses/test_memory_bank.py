@@ -312,3 +312,18 @@ def test_gather_distributed_adds_the_batches_of_all_processes():
         assert ptr == 4
         torch.testing.assert_close(local, torch.full((2, 2), float(rank + 1)))
         torch.testing.assert_close(moco, normalised)
+
+
+def _gathered_non_finite_batch(rank, world_size):
+    memory = MemoryBankModule(size=(6, 2), gather_distributed=True)
+    memory(torch.full((1, 2), float(rank + 1)), update=True)
+    bad = torch.full((1, 2), float("inf") if rank == 0 else 3.0)
+    with pytest.warns(RuntimeWarning, match="memory bank"):
+        memory(bad, update=True)  # gathered: both ranks skip the whole batch
+    return memory.bank[:2], int(memory.bank_ptr)
+
+
+def test_gathered_non_finite_batch_is_skipped_by_every_process():
+    for stored, ptr in run_distributed(_gathered_non_finite_batch, 2):
+        torch.testing.assert_close(stored, torch.tensor([[1.0, 1.0], [2.0, 2.0]]))
+        assert ptr == 2

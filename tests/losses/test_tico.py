@@ -116,3 +116,24 @@ def test_non_finite_batch_is_not_folded_into_the_covariance(on_host, monkeypatch
     value = loss_fn(z_a, z_b)
     value.backward()  # C replaced, not modified in place under the graph
     torch.testing.assert_close(value, tico_reference(z_a, z_b, kept, 0.8, 20.0)[0])
+
+
+def _distributed_non_finite_batch(rank, world_size):
+    torch.manual_seed(0)  # the same batches on both ranks, a nan on rank 1 only
+    z_a, z_b, bad = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3)
+    if rank == 1:
+        bad[0, 0] = float("nan")
+    loss_fn = TiCoLoss(gather_distributed=True)
+    loss_fn(z_a, z_b)
+    kept = loss_fn.C.clone()
+    with pytest.warns(RuntimeWarning, match="TiCoLoss covariance"):
+        loss_fn(bad, z_b)  # gathered: both ranks see the nan and skip
+    return kept, loss_fn.C
+
+
+def test_gathered_non_finite_batch_is_skipped_by_every_process():
+    from dist_utils import run_distributed
+
+    (kept0, c0), (kept1, c1) = run_distributed(_distributed_non_finite_batch, 2)
+    assert torch.equal(c0, kept0) and torch.equal(c1, kept1)
+    assert torch.equal(c0, c1)
