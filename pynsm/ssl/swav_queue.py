@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pynsm.losses._numerics import all_finite, warn_skipped
+from pynsm.losses._numerics import all_finite_on_host, warn_skipped
 from pynsm.losses.memory_bank import MemoryBankModule
 from pynsm.validation import check_int
 
@@ -128,8 +128,7 @@ class SwaVQueue(nn.Module):
             )
         # one decision for all views, so that the banks stay aligned: a batch
         # with a non-finite feature in any view is pushed to none of them
-        checks = [all_finite(f) for f in high_resolution_features]
-        finite = bool(torch.stack(checks).all())
+        finite = all_finite_on_host(high_resolution_features)
         if not finite:
             warn_skipped("SwaVQueue")
         queued = []
