@@ -27,3 +27,18 @@ def test_keep_finite_takes_all_parts_or_none():
     with pytest.warns(RuntimeWarning, match="x: the batch holds non-finite"):
         kept = keep_finite(new, old, "x")
     assert kept[0] is old[0] and kept[1] is old[1]
+
+
+@pytest.mark.parametrize("on_host", [True, False])
+def test_all_finite_on_host_over_several_tensors(on_host, monkeypatch):
+    from pynsm.losses import _numerics
+
+    if not on_host:  # the accelerator path (one fused max-|x|), run on the CPU
+        monkeypatch.setattr(_numerics, "_read_on_host", lambda tensor: False)
+    tensors = [torch.randn(3, 4), torch.empty(0), torch.randn(5).half()]
+    assert _numerics.all_finite_on_host(tensors) is True
+    assert _numerics.all_finite_on_host([]) is True
+    for index, bad in ((0, float("nan")), (2, -float("inf"))):
+        broken = [t.clone() for t in tensors]
+        broken[index].view(-1)[-1] = bad
+        assert _numerics.all_finite_on_host(broken) is False
