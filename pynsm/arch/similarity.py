@@ -102,8 +102,9 @@ class MultiSimilarityMatching(IterationLossModule):
         tol: with `solver="gradient"`, the iteration stops after the first
             iteration (from the second on) in which every element of `y` changed
             by less than `tol`; with `"accelerated"`, once the relative fixed-point
-            residual `||y - T(y)|| / ||y||` (`T` one plain step) is at most `tol`.
-            `0` disables it.
+            residual `||y - T(y)|| / ||y||` (`T` one plain step) is at most `tol`
+            (in float32 it cannot go much below 1e-7: a smaller `tol` runs to
+            `max_iterations`). `0` disables it.
         max_iterations: maximum number of iterations in `forward()` (>= 0).
         solver: how the fused strategy finds `y`. `"gradient"` (the default):
             the plain steps above, exactly pynsm 1.0.1's. `"accelerated"`: the
