@@ -97,7 +97,7 @@ def test_same_fixed_point_as_many_plain_steps():
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("tol", [1e-3, 1e-6, 1e-9])
-@pytest.mark.parametrize("lr", [1.0, 0.3])
+@pytest.mark.parametrize("lr", [1.0, 0.3, 3.0])
 def test_tol_is_the_relative_fixed_point_residual(relu, tol, lr):
     # T is one plain step of the circuit's own iteration_lr
     circuit, x = _circuit(relu, tol=tol, iteration_lr=lr)
@@ -270,3 +270,22 @@ def test_cuda_matches_cpu(relu):
     y = circuit(x)
     gpu = circuit.cuda()
     torch.testing.assert_close(gpu(x.cuda()).cpu(), y, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("spatial", [False, True])
+def test_empty_batch(relu, spatial):
+    circuit, x = _circuit(relu, spatial=spatial, tol=1e-6)
+    y = circuit(x[:0])
+    assert y.shape == (0, *circuit(x).shape[1:])
+
+
+def test_linear_solve_calls_iteration_hooks_once_per_iteration():
+    circuit, x = _circuit(False, tol=1e-6)
+    seen = []
+    circuit.register_iteration_hook(
+        "iteration", lambda m: seen.append((m.iteration_idx, m.y.clone()))
+    )
+    y = circuit(x)
+    assert [i for i, _ in seen] == [0]
+    torch.testing.assert_close(seen[0][1], y)
