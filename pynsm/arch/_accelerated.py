@@ -4,47 +4,56 @@ The plain iteration `y <- P(y - lr (M y - b))` (see `pynsm.arch._fused`) is grad
 descent on `min_y 1/2 y^T M y - b^T y` (over `y >= 0` when `P` is ReLU). Its error
 shrinks by `max(|1 - lr lam_min|, |1 - lr lam_max|)` a step, `lam` the eigenvalues of
 `M`: about `(kappa - 1) / (kappa + 1)` at best, `kappa = lam_max / lam_min`. This
-module reaches the same fixed point in fewer, equally cheap steps:
+module reaches the same fixed point in fewer steps:
 
 * **no projection** -- the fixed point solves the linear system `M y = b` (whatever
   `lr > 0`). `M` is `C x C` with `C` = out_channels, a few hundred at most, and acts
   on the channel dimension only, so one factorisation (in float64) gives
   `y = M^{-1} b` for every sample and position at once: one matrix product the size
-  of one plain step. When `tol > 0` the residual is checked and, should rounding
-  leave it above `tol` (a nearly singular `M` in float32), each further iteration is
-  a step of iterative refinement, `y <- y + M^{-1} (b - M y)`.
+  of one plain step. When `tol > 0` the residual is checked once and, should
+  rounding leave it above `tol` (a nearly singular `M` in float32), each further
+  iteration is a step of iterative refinement, `y <- y + M^{-1} (b - M y)`. A
+  singular `M` (no unique fixed point) is a `ValueError`.
 * **a projection** (ReLU: a non-negative quadratic program; any projection on a
   convex set) -- projected heavy-ball (Polyak) steps with the optimal constants for
-  the spectrum `[mu, L]` of `M`'s symmetric part,
+  a spectrum `[mu, L]`,
 
       y_{k+1} = P(y_k - a (M y_k - b) + beta (y_k - y_{k-1})),
       a = 4 / (sqrt(L) + sqrt(mu))^2,
       beta = ((sqrt(L) - sqrt(mu)) / (sqrt(L) + sqrt(mu)))^2,
 
   whose error shrinks by `(sqrt(kappa) - 1) / (sqrt(kappa) + 1)` a step near the
-  solution (0.5 instead of 0.8 for `kappa = 9`): once the active set settles, each
-  sample's problem is linear on its free coordinates, whose matrix is a principal
-  submatrix of `M` with eigenvalues inside `[mu, L]`. Rewritten like the plain step
-  it is one product per step,
+  solution (0.5 instead of 0.8 for `kappa = 9`). Rewritten like the plain step it is
+  one product per step,
 
       y_{k+1} = P(a b - beta y_{k-1} + B y_k),   B = (1 + beta) I - a M,
 
   with the drive `a b - beta y_{k-1}` written into `y_{k-1}`'s buffer: two buffers,
-  no allocation per step. Measured against projected Nesterov/FISTA with restart
-  and Anderson mixing (docs/benchmarks.md), it needed the fewest products per unit
-  of accuracy at the lowest cost per step. The iteration has the same fixed points
-  as the plain one (those of `P(y - t (M y - b)) = y` do not depend on `t > 0`).
-  Safeguard: the residual is looked at every `CHECK_EVERY` steps; when it grew
-  since the last look, the momentum is dropped (`y_{k-1} <- y_k`, a restart). An
+  no allocation per step, one more pass over `y` than the plain step. It has the
+  same fixed points as the plain iteration (those of `P(y - t (M y - b)) = y` do not
+  depend on `t > 0`). `[mu, L]` starts as the spectrum of `M`'s symmetric part.
+  Under ReLU, once the active set settles each sample's problem is linear on its
+  free coordinates (`y > 0`), whose matrix is a principal submatrix of `M`: its
+  eigenvalues lie inside `[mu, L]` but are usually much further from 0, and with
+  `M`'s own `mu` the momentum is too large (measured: no faster than plain steps).
+  So after `CHECK_EVERY` steps `mu` is raised to a Lanczos estimate of the smallest
+  free-set eigenvalue of the 16 samples furthest from their fixed point (an
+  estimate from above: a `mu` too large slows the slowest modes, it never makes the
+  iteration diverge; `L` stays `M`'s). Safeguard: when the residual grew since it
+  was last looked at, the momentum is dropped (`y_{k-1} <- y_k`, a restart). An
   indefinite `M` (`mu <= 0`: no convex problem) gets `beta = 0`, `a = 1 / L`.
+  Measured against projected Nesterov/FISTA with restart, Anderson mixing and
+  Barzilai-Borwein steps (docs/benchmarks.md): the fewest passes over `y` for a
+  given accuracy.
 
 **Tolerance.** `tol` is the relative fixed-point residual of the plain step,
 `||y - T(y)|| <= tol ||y||` with `T(y) = P(y - lr (M y - b))` (what
-`pynsm.train.fixed_point_residual` reports), looked at every `CHECK_EVERY` steps
-(one extra product then, and a host-device synchronisation on an accelerator);
-`tol = 0` runs exactly `max_iterations` steps. On the CPU with cache blocks, every
-block of samples stops on its own residual: all blocks below `tol` implies the whole
-batch is.
+`pynsm.train.fixed_point_residual` reports). The heavy-ball loop looks at it after
+`CHECK_EVERY` steps, then after as many steps as the rate observed so far says it
+needs (between 1 and `4 * CHECK_EVERY`): one extra product and, on an accelerator,
+one host-device synchronisation per look. `tol = 0` runs exactly `max_iterations`
+steps. On the CPU with cache blocks, every block of samples stops on its own
+residual: all blocks below `tol` implies the whole batch is.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ import torch
 
 from ._fused import IterationCallback, make_product
 
-#: look at the residual (and the restart test) every this many heavy-ball steps
+#: heavy-ball steps before the residual is first looked at (and `mu` adapted)
 CHECK_EVERY = 4
 
 
