@@ -709,6 +709,13 @@ class SupervisedSimilarityMatching(MultiSimilarityMatching):
         Returns:
             Predicted classes, `LongTensor[B]`.
 
+        Raises:
+            TypeError: `x` is not a Tensor.
+            ValueError: the circuit has an `iteration_projection` (e.g. ReLU): its
+                fixed point is no linear function of the label, so the
+                reconstruction above does not classify; read its outputs with a
+                linear probe instead.
+
         Example:
             >>> import torch
             >>> circuit = SupervisedSimilarityMatching(
@@ -721,8 +728,25 @@ class SupervisedSimilarityMatching(MultiSimilarityMatching):
         """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
+        if self.iteration_projection is not None:
+            # With a projection the fixed point is no linear function of the
+            # inputs and L^T M^{-1} y no reconstruction of the label: pynsm 1.0.1's
+            # ReLU demo circuit would answer one class for every image (10.3% on
+            # MNIST) where a linear readout of the same y reads 98.3%.
+            raise ValueError(
+                "predict() reconstructs the label through the linear pathway "
+                "L^T M^{-1} y, which holds only for a circuit without "
+                "iteration_projection; this one has "
+                f"{_describe(self.iteration_projection)}. Classify its fixed points "
+                "with a linear readout instead, e.g. a logistic regression on "
+                "circuit(x) (pynsm.eval.linear_probe_accuracy)"
+            )
         with torch.no_grad():
             return self.decode_label(self(x)).argmax(dim=1)
+
+
+def _describe(function: object) -> str:
+    return getattr(function, "__name__", None) or type(function).__name__
 
 
 def _no_projection(y: torch.Tensor) -> None:

@@ -126,8 +126,11 @@ def epoch_knn(
 
 
 def circuit_accuracy(task: nn.Module, data: TensorDataset) -> float | None:
-    """Test accuracy of ``task.circuit.predict(x)``, or ``None`` without one."""
-    predict = getattr(getattr(task, "circuit", None), "predict", None)
+    """Test accuracy of ``task.predict(x)`` (else ``task.circuit.predict(x)``), or
+    ``None`` without one."""
+    predict = getattr(task, "predict", None)  # a stack of circuits classifies
+    if not callable(predict):
+        predict = getattr(getattr(task, "circuit", None), "predict", None)
     if not callable(predict):
         return None
     device = next(task.parameters()).device

@@ -9,12 +9,14 @@ from pynsm.train.errors import (
     TrainingInterrupted,
 )
 from pynsm.train.hooks import TaskForward, TrainingTask
+from pynsm.train.stack import CircuitStack
 from pynsm.train.task import CircuitTask
 from pynsm.train.trainer import Trainer
 
 __all__ = [
     "Trainer",
     "CircuitTask",
+    "CircuitStack",
     "TrainingTask",
     "TaskForward",
     "CheckpointError",

@@ -199,6 +199,14 @@ class CircuitTask(nn.Module):
 
     def training_loss(self, batch: object) -> Tensor:
         """The circuit's loss at the fixed point reached for this batch."""
+        return self.loss_and_output(batch)[0]
+
+    def loss_and_output(self, batch: object) -> tuple[Tensor, Tensor]:
+        """:meth:`training_loss` and the fixed point ``y`` it was evaluated at.
+
+        For a caller that feeds ``y`` on (:class:`~pynsm.train.CircuitStack`)
+        without running the inner iteration a second time.
+        """
         x, labels = self._split(batch)
         inputs = (x,) if self.num_classes is None else (x, self._onehot(labels, x))
         y = self.circuit(*inputs)
@@ -206,7 +214,11 @@ class CircuitTask(nn.Module):
         with _recording_encoders(self.circuit) as encodings:
             loss = self.circuit.loss(*inputs, y)
         self._residual = fixed_point_residual(self.circuit, y, encodings)
-        return loss
+        return loss, y
+
+    def pool(self, y: Tensor) -> Tensor:
+        """``feature_pool(y)`` (``y`` itself without one), not flattened."""
+        return y if self.feature_pool is None else self.feature_pool(y)
 
     def step_metrics(self) -> dict[str, Tensor]:
         """``{"residual": ...}`` of the last :meth:`training_loss` (see the class).
@@ -221,7 +233,4 @@ class CircuitTask(nn.Module):
 
     def embed(self, x: Tensor) -> Tensor:
         """Features ``[B, D]``: the (pooled) circuit output, flattened."""
-        y = self.circuit(x)
-        if self.feature_pool is not None:
-            y = self.feature_pool(y)
-        return y.flatten(1)
+        return self.pool(self.circuit(x)).flatten(1)

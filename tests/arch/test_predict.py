@@ -157,3 +157,19 @@ def test_bad_inputs():
     )
     with pytest.raises(ValueError, match="smaller than"):
         conv.predict(torch.zeros(2, 1, 2, 2))
+
+
+@pytest.mark.parametrize("projection", [torch.relu, nn.ReLU()])
+def test_predict_refuses_a_circuit_with_a_projection(projection):
+    # pynsm 1.0.1's supervised demo is a ReLU circuit: L^T M^{-1} y is no label
+    # reconstruction there (it answered one class for every MNIST image)
+    circuit = SupervisedSimilarityMatching(
+        nn.Conv2d(1, 4, 3), 3, 4, label_bias=False, iteration_projection=projection
+    )
+    before = {k: v.clone() for k, v in circuit.state_dict().items()}
+    with pytest.raises(ValueError, match="linear readout") as info:
+        circuit.predict(torch.rand(2, 1, 6, 6))
+    assert "iteration_projection" in str(info.value)
+    assert "relu" in str(info.value).lower()
+    for key, value in circuit.state_dict().items():
+        assert torch.equal(value, before[key]), key
