@@ -1,0 +1,68 @@
+"""Recipes chosen by what the data is: small (digits-sized) and large (MNIST-sized)."""
+
+import pytest
+import torch
+
+from pynsm.cli.recipes import LARGE_MODELS, MODELS, select_recipe
+from pynsm.train import CircuitStack, CircuitTask
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_the_recipe_follows_the_image_size(model):
+    assert select_recipe(model, 8, 8) == ("small", MODELS[model])
+    name, spec = select_recipe(model, 28, 28)
+    assert name == "large"
+    assert spec is LARGE_MODELS.get(model, MODELS[model])
+    assert select_recipe(model, 32, 20)[0] == "large"
+
+
+def test_an_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        select_recipe("nope", 28, 28)
+
+
+@pytest.mark.parametrize("model", sorted(LARGE_MODELS))
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_large_recipes_build_train_and_embed(model, shape):
+    torch.manual_seed(0)
+    spec = LARGE_MODELS[model]
+    task = spec.build(shape[0], shape[1], 10)
+    x = torch.rand(4, *shape)
+    labels = torch.tensor([0, 1, 2, 3])
+    loss = task.training_loss((x, labels))
+    loss.backward()
+    assert torch.isfinite(loss)
+    task.eval()
+    features = task.embed(x)
+    assert features.shape[0] == 4 and torch.isfinite(features).all()
+
+
+def test_the_untrained_stroke_detectors_converge_in_two_steps():
+    # at random init M = I, so y = relu(W x) after one step and the tolerance stops
+    # the next: the random-init readouts cost almost nothing
+    task = LARGE_MODELS["sm"].build(1, 28, 10)
+    assert isinstance(task, CircuitTask)
+    circuit = task.circuit
+    x = torch.rand(3, 1, 28, 28)
+    y = circuit(x)
+    with torch.no_grad():
+        torch.testing.assert_close(y, torch.relu(circuit.encoders[0](x)))
+    assert circuit.iteration_idx <= 1  # two steps: indices 0 and 1
+
+
+def test_local_centring_removes_the_local_mean():
+    task = LARGE_MODELS["sm"].build(1, 28, 10)
+    centring = task.circuit.encoders[0][0]
+    constant = torch.full((1, 1, 28, 28), 0.7)
+    torch.testing.assert_close(centring(constant), torch.zeros_like(constant))
+    x = torch.rand(2, 1, 28, 28)
+    # a linear map: scaling the image scales the output
+    torch.testing.assert_close(centring(2 * x), 2 * centring(x))
+
+
+def test_supervised_large_recipe_is_a_stack_with_a_linear_readout():
+    task = LARGE_MODELS["supervised-sm"].build(1, 28, 10)
+    assert isinstance(task, CircuitStack)
+    assert task.circuit.iteration_projection is None  # predict() applies
+    task.eval()
+    assert task.predict(torch.rand(3, 1, 28, 28)).shape == (3,)
