@@ -88,9 +88,11 @@ def _circuit_encoder(channels: int, side: int, out_channels: int) -> nn.Module:
     size), centred and scaled by a non-affine batch norm. Centring removes the
     mean image, whose eigenvalue would otherwise dwarf all others (the circuit
     then learns one direction); the scale puts the eigenvalues of the learnt `M`
-    below 1, so the inner iteration (step 1) converges in its 60 steps (it
+    below 1, so the plain inner iteration (step 1) converges in 60 steps (it
     diverges when `lr * eig(M) > 2`), and it weighs images against one-hot
-    labels (norm 1) 2.5 : 1.
+    labels (norm 1) 2.5 : 1. (The recipes now solve the linear inner problem
+    directly, ``solver="accelerated"``, which needs no bound on ``M``'s
+    eigenvalues; the scale still sets the image-to-label weight.)
     """
     width, grid = 100, 3
     conv = nn.Conv2d(channels, width, 3, bias=False)
@@ -149,6 +151,8 @@ def _supervised_sm(channels: int, side: int, classes: int) -> nn.Module:
         out_channels=100,
         tau=0.5,
         max_iterations=60,
+        tol=1e-6,
+        solver="accelerated",
         regularization=("weight", "weight"),
     )
     return CircuitTask(
@@ -168,6 +172,8 @@ def _sm(channels: int, side: int, classes: int) -> nn.Module:
         out_channels=20,
         tau=0.5,
         max_iterations=60,
+        tol=1e-6,
+        solver="accelerated",
     )
     return CircuitTask(circuit, feature_pool=_InputReconstruction(circuit))
 
@@ -312,14 +318,17 @@ def _stroke_detectors(channels: int, pool: int) -> nn.Module:
         _LocalCentering(_CONV_KERNEL, scale=1.8),
         nn.Conv2d(channels, 50, _CONV_KERNEL, bias=False),
     )
-    # tol: stop once no output moved by 1e-5 (at random init, M = I, that is
-    # after 2 steps: the readouts of the untrained circuit cost little)
+    # accelerated solve to a relative residual of 1e-3 (measured on the trained
+    # circuit, 500 test images: 17 steps and 0.61 s where 40 plain steps took
+    # 0.89 s and stopped at 2.8e-3); at random init (M = I) it stops at its first
+    # check, so the readouts of the untrained circuit cost little
     circuit = SimilarityMatching(
         encoder,
         out_channels=50,
         iteration_projection=torch.relu,
         max_iterations=40,
-        tol=1e-5,
+        tol=1e-3,
+        solver="accelerated",
     )
     return CircuitTask(circuit, feature_pool=_GridAveragePool(pool))
 
