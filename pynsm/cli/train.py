@@ -145,7 +145,12 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float]:
     """Train; returns the history, training seconds and per-epoch metric seconds."""
-    from pynsm.train import CheckpointError, Trainer, TrainingDiverged
+    from pynsm.train import (
+        CheckpointError,
+        ResumeSettingsError,
+        Trainer,
+        TrainingDiverged,
+    )
 
     args, spec = plan.args, plan.spec
     metric_seconds = [0.0]
@@ -187,6 +192,8 @@ def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float
             else ""
         )
         raise RunError(f"training diverged: {exc}{kept}") from exc
+    except ResumeSettingsError as exc:  # the data order would differ: refused
+        raise UsageError(_resume_mismatch(exc.settings)) from exc
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
     except OSError as exc:  # a full disk or a vanished folder while saving
@@ -195,6 +202,26 @@ def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float
         ) from exc
     seconds = time.perf_counter() - start - metric_seconds[0]
     return history, seconds, metric_seconds[0]
+
+
+#: How the command names the settings a resume must keep.
+_RESUME_SETTINGS = {
+    "seed": "--seed",
+    "batch_size": "batch size per process",
+    "world_size": "number of processes",
+}
+
+
+def _resume_mismatch(settings: dict[str, tuple[Any, Any]]) -> str:
+    differences = ", ".join(
+        f"{_RESUME_SETTINGS.get(name, name)} {saved} (now {now})"
+        for name, (saved, now) in settings.items()
+    )
+    return (
+        f"--resume: the checkpoint was trained with {differences}; resume with the "
+        "same settings (the data order depends on them), or start a new "
+        "--checkpoint-dir"
+    )
 
 
 def checkpoint_metadata(plan: Plan) -> dict[str, Any]:

@@ -20,7 +20,8 @@ import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
-from tqdm.auto import tqdm
+# the text bar: tqdm.auto warns at import in a kernel without ipywidgets
+from tqdm.std import tqdm
 
 __all__ = ["download_file", "extract_members", "file_digest"]
 

@@ -98,6 +98,20 @@ def test_resume_with_another_model_is_refused(tmp_path, small_npz, capsys):
     one_line_error(capsys.readouterr().err, "was trained with --model supervised-sm")
 
 
+def test_resume_with_another_seed_is_refused_in_the_commands_words(
+    tmp_path, small_npz, capsys
+):
+    folder = tmp_path / "ckpt"
+    argv = ["train", "--dataset", small_npz, "--epochs", "1", "--no-progress"]
+    assert cli.main([*argv, "--checkpoint-dir", str(folder)]) == 0
+    before = (folder / "last.pt").read_bytes()
+    capsys.readouterr()
+    resume = [*argv, "--epochs", "2", "--seed", "1", "--resume"]
+    assert cli.main([*resume, "--checkpoint-dir", str(folder)]) == 2
+    one_line_error(capsys.readouterr().err, "trained with --seed 0 (now 1)")
+    assert (folder / "last.pt").read_bytes() == before
+
+
 def test_thread_count_is_scoped_to_the_run(small_npz, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     torch.set_num_threads(2)
