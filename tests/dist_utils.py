@@ -11,6 +11,7 @@ Usage::
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import tempfile
@@ -31,7 +32,13 @@ def _free_port() -> int:
 def _worker(rank, world_size, port, fn, args, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # a rendezvous or collective that hangs fails in a minute, not at pytest's 600 s
+    dist.init_process_group(
+        "gloo",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         result = fn(rank, world_size, *args)
         torch.save({"ok": True, "result": result}, os.path.join(out_dir, f"{rank}.pt"))

@@ -368,33 +368,28 @@ def _stacked_supervised_sm(channels: int, side: int, classes: int) -> nn.Module:
     return CircuitStack(features, readout)
 
 
+def _large_circuit_spec(build: BuildFn, *, supervised: bool) -> ModelSpec:
+    """The recipe both circuits share on large images (measured on MNIST, see
+    docs/mnist.md): SGD at a high learning rate, because the loss is divided by
+    numel(y) (W moves lr * 4 / 50 of the way to its target a step)."""
+    return ModelSpec(
+        build=build,
+        optimizer=torch.optim.SGD,
+        lr=0.5,
+        epochs=1,
+        batch_size=100,
+        probe_c=1.0,
+        self_supervised=not supervised,
+        cpu_threads=1,
+        min_image_size=_CONV_KERNEL,
+    )
+
+
 #: The recipes for images larger than 16x16 (MNIST-sized data, 28x28 and up),
 #: by model; a model missing here uses its :data:`MODELS` recipe there too.
 LARGE_MODELS: dict[str, ModelSpec] = {
-    "supervised-sm": ModelSpec(
-        build=_stacked_supervised_sm,
-        optimizer=torch.optim.SGD,
-        lr=0.5,
-        epochs=1,
-        batch_size=100,
-        probe_c=1.0,
-        self_supervised=False,
-        cpu_threads=1,
-        min_image_size=_CONV_KERNEL,
-    ),
-    # one epoch of MNIST: the learning rate is high because the loss is divided
-    # by numel(y) (W moves lr * 4 / 50 of the way to its target a step)
-    "sm": ModelSpec(
-        build=_conv_nsm,
-        optimizer=torch.optim.SGD,
-        lr=0.5,
-        epochs=1,
-        batch_size=100,
-        probe_c=1.0,
-        self_supervised=True,
-        cpu_threads=1,
-        min_image_size=_CONV_KERNEL,
-    ),
+    "supervised-sm": _large_circuit_spec(_stacked_supervised_sm, supervised=True),
+    "sm": _large_circuit_spec(_conv_nsm, supervised=False),
 }
 
 #: Images up to this height and width get the :data:`MODELS` ("small") recipes.
