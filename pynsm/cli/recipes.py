@@ -90,9 +90,7 @@ def _circuit_encoder(channels: int, side: int, out_channels: int) -> nn.Module:
     then learns one direction); the scale puts the eigenvalues of the learnt `M`
     below 1, so the plain inner iteration (step 1) converges in 60 steps (it
     diverges when `lr * eig(M) > 2`), and it weighs images against one-hot
-    labels (norm 1) 2.5 : 1. (The recipes now solve the linear inner problem
-    directly, ``solver="accelerated"``, which needs no bound on ``M``'s
-    eigenvalues; the scale still sets the image-to-label weight.)
+    labels (norm 1) 2.5 : 1.
     """
     width, grid = 100, 3
     conv = nn.Conv2d(channels, width, 3, bias=False)
@@ -150,9 +148,11 @@ def _supervised_sm(channels: int, side: int, classes: int) -> nn.Module:
         num_classes=classes,
         out_channels=100,
         tau=0.5,
+        # the plain steps, not the direct solve: measured on digits (60 epochs,
+        # seed 0) the exact fixed points read 96.5 / 98.0 / 98.7% (1-shot /
+        # 5-shot / all) and predict 97.8%, these 60 steps 97.4 / 98.9 / 99.1% and
+        # 98.4%
         max_iterations=60,
-        tol=1e-6,
-        solver="accelerated",
         regularization=("weight", "weight"),
     )
     return CircuitTask(
@@ -171,6 +171,8 @@ def _sm(channels: int, side: int, classes: int) -> nn.Module:
         _circuit_encoder(channels, side, 20),
         out_channels=20,
         tau=0.5,
+        # direct solve of the linear inner problem: the same readouts as 60 plain
+        # steps on digits (71.8 / 89.8 / 98.4%), half the training time
         max_iterations=60,
         tol=1e-6,
         solver="accelerated",
