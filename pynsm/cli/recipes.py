@@ -370,7 +370,9 @@ def _stacked_supervised_sm(channels: int, side: int, classes: int) -> nn.Module:
     return CircuitStack(features, readout)
 
 
-def _large_circuit_spec(build: BuildFn, *, supervised: bool) -> ModelSpec:
+def _large_circuit_spec(
+    build: BuildFn, *, supervised: bool, square: bool = False
+) -> ModelSpec:
     """The recipe both circuits share on large images (measured on MNIST, see
     docs/mnist.md): SGD at a high learning rate, because the loss is divided by
     numel(y) (W moves lr * 4 / 50 of the way to its target a step); 3 epochs of
@@ -385,13 +387,17 @@ def _large_circuit_spec(build: BuildFn, *, supervised: bool) -> ModelSpec:
         self_supervised=not supervised,
         cpu_threads=1,
         min_image_size=_CONV_KERNEL,
+        square_images=square,
     )
 
 
 #: The recipes for images larger than 16x16 (MNIST-sized data, 28x28 and up),
 #: by model; a model missing here uses its :data:`MODELS` recipe there too.
 LARGE_MODELS: dict[str, ModelSpec] = {
-    "supervised-sm": _large_circuit_spec(_stacked_supervised_sm, supervised=True),
+    # the top circuit's input width is computed from the image side: square only
+    "supervised-sm": _large_circuit_spec(
+        _stacked_supervised_sm, supervised=True, square=True
+    ),
     "sm": _large_circuit_spec(_conv_nsm, supervised=False),
 }
 

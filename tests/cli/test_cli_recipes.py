@@ -66,3 +66,24 @@ def test_supervised_large_recipe_is_a_stack_with_a_linear_readout():
     assert task.circuit.iteration_projection is None  # predict() applies
     task.eval()
     assert task.predict(torch.rand(3, 1, 28, 28)).shape == (3,)
+
+
+def test_a_non_square_dataset_is_refused_by_the_stack_and_served_to_sm(
+    tmp_path, capsys
+):
+    import numpy as np
+    from _cli_helpers import one_line_error
+
+    from pynsm import cli
+
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "wide.npz")
+    np.savez(
+        path,
+        images=rng.integers(0, 256, (40, 20, 24), dtype=np.uint8),
+        labels=np.arange(40) % 2,
+    )
+    argv = ["train", "--dataset", path, "--epochs", "0", "--no-progress"]
+    assert cli.main([*argv, "--model", "supervised-sm"]) == 2
+    one_line_error(capsys.readouterr().err, "needs square images, got 20x24")
+    assert cli.main([*argv, "--model", "sm"]) == 0
