@@ -98,11 +98,8 @@ class CircuitStack(nn.Module):
 
     def step_metrics(self) -> dict[str, Tensor]:
         """``{"residual": ...}``: the largest of the layers' last residuals."""
-        residuals = [
-            layer.step_metrics()["residual"]
-            for layer in self.layers
-            if "residual" in layer.step_metrics()
-        ]
+        metrics = [layer.step_metrics() for layer in self.layers]
+        residuals = [m["residual"] for m in metrics if "residual" in m]
         return {"residual": torch.stack(residuals).max()} if residuals else {}
 
     def features(self, x: Tensor) -> Tensor:
