@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from datetime import timedelta
 
@@ -85,13 +86,19 @@ def init_distributed_from_env(timeout: timedelta | None = None) -> bool:
 
 
 def _destroy_owned_group() -> None:
+    global _OWNED_GROUP
+    group, _OWNED_GROUP = _OWNED_GROUP, None
     # a group the user has destroyed (or replaced by one of their own) is theirs
-    if (
-        _OWNED_GROUP is not None
-        and dist.is_initialized()
-        and dist.group.WORLD is _OWNED_GROUP
-    ):
+    if group is not None and dist.is_initialized() and dist.group.WORLD is group:
+        # DDP wrappers left in reference cycles hold the group: freeing them now,
+        # and dropping our own reference, lets the group's C++ threads be joined
+        # while the interpreter is alive. Left to interpreter finalization they
+        # could be destroyed unjoined ("terminate called without an active
+        # exception", SIGABRT) on a rank that finishes before the others.
+        gc.collect()
         dist.destroy_process_group()
+    del group
+    gc.collect()
 
 
 def default_device() -> torch.device:

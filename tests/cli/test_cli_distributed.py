@@ -41,11 +41,12 @@ def test_torchrun_two_processes_one_report(tmp_path, small_npz):
         ],
         capture_output=True,
         text=True,
-        env=subprocess_env(),
+        # a crash in C++ (SIGABRT) prints every thread's Python stack
+        env={**subprocess_env(), "PYTHONFAULTHANDLER": "1"},
         cwd=ROOT,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-8000:]
     assert proc.stdout.count("pynsm train:") == 1  # rank 0 only
     result = json.loads(report.read_text())
     assert result["world_size"] == 2 and len(result["history"]) == 2
