@@ -61,6 +61,22 @@ def _integer(name: str, minimum: int, maximum: int) -> Callable[[str], int]:
     return parse
 
 
+def _float_at_least(name: str, minimum: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a number, got {text!r}"
+            ) from None
+        try:
+            return check_float(name, value, minimum=minimum, maximum=MAX_FLOAT32)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def _positive_float(name: str, maximum: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -168,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train on the first N training images only (quick checks; the test "
         "split is unchanged)",
+    )
+    train.add_argument(
+        "--long-tail",
+        type=_float_at_least("--long-tail", 1.0),
+        metavar="RATIO",
+        help="train on a long-tailed subset of the training split: power-law "
+        "class counts, largest / smallest = RATIO (e.g. 100), a fixed seed; the "
+        "test split stays balanced",
     )
     train.add_argument(
         "--checkpoint-dir", help="keep the latest training state in DIR/last.pt"

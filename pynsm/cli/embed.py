@@ -31,6 +31,7 @@ from pynsm.cli.setup import (
     first_images,
     load_data,
     resolve_device,
+    take_long_tail,
     take_subset,
 )
 from pynsm.data.folder import ImageDecodeError
@@ -58,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         args.data_dir or metadata.get("data_dir"),
         args.download,
     )
+    train_set = take_long_tail(train_set, metadata.get("long_tail"))
     train_set = take_subset(train_set, metadata.get("train_subset"))
     recipe, spec, info = check_dataset(name, train_set, test_set)
     check_decodes((train_set, test_set))

@@ -46,6 +46,10 @@ class ModelSpec:
         scheduler: Optional per-step learning-rate schedule,
             ``scheduler(optimizer, epochs, steps_per_epoch)``.
         grad_clip_norm: Clip the global gradient norm to this value.
+        train_images: When set, the default training length in images seen: the
+            default epochs are then ``max(epochs, ceil(train_images / N))`` for a
+            training set of ``N`` images, so a smaller set (a long-tailed subset,
+            ``--train-subset``) gets as many steps as the full one.
     """
 
     build: BuildFn
@@ -61,6 +65,19 @@ class ModelSpec:
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scheduler: SchedulerFn | None = None
     grad_clip_norm: float | None = None
+    train_images: int | None = None
+
+    def default_epochs(self, num_train: int) -> int:
+        """The epochs of a run on ``num_train`` images when ``--epochs`` is not given.
+
+        Example:
+            >>> spec = LARGE_MODELS["msn"]
+            >>> spec.default_epochs(60_000), spec.default_epochs(8_396)
+            (5, 36)
+        """
+        if self.train_images is None or num_train <= 0:
+            return self.epochs
+        return max(self.epochs, -(-self.train_images // num_train))
 
 
 class _Scale(nn.Module):
@@ -198,6 +215,41 @@ def _swav(channels: int, side: int, classes: int) -> nn.Module:
     return SwaV(in_channels=channels, image_size=side, queue_length=0)
 
 
+def _large_view(side: int) -> int:
+    # half the image side: a quarter of the convolutions (MNIST: 28 -> 14)
+    return max(side // 2, 8)
+
+
+def _msn_large(channels: int, side: int, classes: int) -> nn.Module:
+    from pynsm.ssl.msn import MSN
+
+    return MSN(in_channels=channels, image_size=side, **_msn_large_kwargs(side))
+
+
+def _pmsn_large(channels: int, side: int, classes: int) -> nn.Module:
+    from pynsm.ssl.msn import PMSN
+
+    return PMSN(in_channels=channels, image_size=side, **_msn_large_kwargs(side))
+
+
+def _msn_large_kwargs(side: int) -> dict[str, Any]:
+    # 2x2 masked patches: a 7x7 grid on 14x14 views (the default 7x7 patches
+    # would leave a 2x2 grid, where a 15% mask drops no patch most of the time)
+    view = _large_view(side)
+    return {"view_size": view, "patch_size": 2 if view % 2 == 0 else 1}
+
+
+def _swav_large(channels: int, side: int, classes: int) -> nn.Module:
+    from pynsm.ssl.swav import SwaV
+
+    return SwaV(
+        in_channels=channels,
+        image_size=side,
+        queue_length=0,
+        view_size=_large_view(side),
+    )
+
+
 def _ssl_schedule(
     optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -213,14 +265,17 @@ def _ssl_schedule(
     )
 
 
-def _ssl_spec(build: BuildFn) -> ModelSpec:
+def _ssl_spec(
+    build: BuildFn, epochs: int = 100, train_images: int | None = None
+) -> ModelSpec:
     """The recipe MSN, PMSN and SwaV share (measured on digits, see
     docs/benchmarks.md): AdamW with weight decay, 100 epochs, warm-up then cosine."""
     return ModelSpec(
         build=build,
         optimizer=torch.optim.AdamW,
         lr=1e-3,
-        epochs=100,
+        epochs=epochs,
+        train_images=train_images,
         batch_size=64,
         probe_c=1.0,
         self_supervised=True,
@@ -391,6 +446,9 @@ def _large_circuit_spec(
     )
 
 
+#: Images the SSL models see by default on large images (see docs/mnist.md).
+SSL_LARGE_IMAGES = 300_000
+
 #: The recipes for images larger than 16x16 (MNIST-sized data, 28x28 and up),
 #: by model; a model missing here uses its :data:`MODELS` recipe there too.
 LARGE_MODELS: dict[str, ModelSpec] = {
@@ -399,6 +457,12 @@ LARGE_MODELS: dict[str, ModelSpec] = {
         _stacked_supervised_sm, supervised=True, square=True
     ),
     "sm": _large_circuit_spec(_conv_nsm, supervised=False),
+    # the SSL models train on views of half the image side (14x14 for MNIST)
+    # for SSL_LARGE_IMAGES images seen: 5 epochs of MNIST's 60,000 fit the
+    # 20-minute CPU budget; a smaller set gets more epochs, the same steps
+    "msn": _ssl_spec(_msn_large, epochs=1, train_images=SSL_LARGE_IMAGES),
+    "pmsn": _ssl_spec(_pmsn_large, epochs=1, train_images=SSL_LARGE_IMAGES),
+    "swav": _ssl_spec(_swav_large, epochs=1, train_images=SSL_LARGE_IMAGES),
 }
 
 #: Images up to this height and width get the :data:`MODELS` ("small") recipes.

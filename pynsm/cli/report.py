@@ -64,6 +64,12 @@ def closing_text(result: Mapping[str, Any]) -> str:
         f"{result['train_seconds']:.1f} s training + "
         f"{result['eval_seconds']:.1f} s evaluation; final loss {last_loss}"
     ]
+    if result.get("long_tail") is not None:
+        counts = ", ".join(str(n) for n in result.get("train_class_counts") or [])
+        lines.append(
+            f"trained on a long tail ({result['long_tail']:g}:1), images per class: "
+            f"{counts}"
+        )
     if result.get("evaluated_on"):
         lines.append(f"evaluated on the {result['evaluated_on']}")
     columns = ("pixel_", "random_init_", "")

@@ -24,6 +24,8 @@ __all__ = [
     "dataset_record",
     "check_dataset",
     "take_subset",
+    "take_long_tail",
+    "class_counts",
     "resolve_device",
     "build_model",
     "cpu_threads",
@@ -101,11 +103,42 @@ def take_subset(data: Dataset, count: int | None) -> Dataset:
     """The first ``count`` items of ``data`` (all of them for ``None``)."""
     if count is None or count >= len(data):  # type: ignore[arg-type]
         return data
+    return _items(data, torch.arange(count))
+
+
+def take_long_tail(data: Dataset, imbalance: float | None) -> Dataset:
+    """A power-law long tail of ``data``'s classes (``--long-tail``; see
+    :func:`pynsm.data.long_tailed_indices`), or ``data`` itself for ``None``."""
+    if imbalance is None:
+        return data
+    from pynsm.data import long_tailed_indices
+
+    labels = _labels(data)
+    try:
+        kept = long_tailed_indices(labels.numpy(), imbalance)
+    except ValueError as exc:
+        fail(f"--long-tail {imbalance:g}: {exc}")
+    return _items(data, torch.from_numpy(kept))
+
+
+def class_counts(data: Dataset) -> list[int]:
+    """Images per class of a labelled dataset, ``[num_classes]``."""
+    return torch.bincount(_labels(data)).tolist()
+
+
+def _labels(data: Dataset) -> torch.Tensor:
     if isinstance(data, TensorDataset):
-        subset = TensorDataset(*(tensor[:count] for tensor in data.tensors))
+        return data.tensors[1]
+    return torch.as_tensor(data.targets)  # type: ignore[attr-defined]
+
+
+def _items(data: Dataset, indices: torch.Tensor) -> Dataset:
+    # the same kind of dataset, with its class names and split kept
+    if isinstance(data, TensorDataset):
+        subset = TensorDataset(*(tensor[indices] for tensor in data.tensors))
     else:
-        subset = Subset(data, range(count))
-        subset.targets = data.targets[:count]  # type: ignore[attr-defined]
+        subset = Subset(data, indices.tolist())
+        subset.targets = _labels(data)[indices]  # type: ignore[attr-defined]
     for name in ("classes", "split"):
         if hasattr(data, name):
             setattr(subset, name, getattr(data, name))

@@ -35,12 +35,14 @@ from pynsm.cli.setup import (
     build_model,
     check_dataset,
     check_decodes,
+    class_counts,
     cpu_threads,
     dataset_record,
     decode_error_line,
     first_images,
     load_data,
     resolve_device,
+    take_long_tail,
     take_subset,
 )
 from pynsm.data import ImageDatasetInfo
@@ -109,7 +111,9 @@ def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
         progress=not args.no_progress and rank == 0,
     )
     split = getattr(test_set, "split", "stratified")
-    train_set = take_subset(train_set, args.train_subset)
+    train_set = take_subset(
+        take_long_tail(train_set, args.long_tail), args.train_subset
+    )
     recipe, spec, info = check_dataset(args.model, train_set, test_set)
     check_decodes((train_set, test_set), args.num_workers)
     if args.resume:
@@ -127,7 +131,9 @@ def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
         split=split,
         info=info,
         checkpoint=checkpoint,
-        epochs=spec.epochs if args.epochs is None else args.epochs,
+        epochs=spec.default_epochs(len(train_set))
+        if args.epochs is None
+        else args.epochs,
         batch_size=batch_size,
         lr=args.lr or spec.lr,
         world=world,
@@ -237,6 +243,7 @@ def checkpoint_metadata(plan: Plan) -> dict[str, Any]:
         "data_dir": None if args.data_dir is None else os.path.abspath(args.data_dir),
         "split": dict(SPLIT) if plan.split == "stratified" else "standard",
         "train_subset": args.train_subset,
+        "long_tail": args.long_tail,
         "settings": {
             "epochs": plan.epochs,
             "batch_size": plan.batch_size,
@@ -284,8 +291,11 @@ def report(
             "num_train": len(plan.train_set),
             "num_test": len(plan.test_set),
             "num_classes": plan.info.num_classes,
+            "long_tail": args.long_tail,
         }
     )
+    if args.long_tail is not None:
+        result["train_class_counts"] = class_counts(plan.train_set)
     print(closing_text(result), flush=True)
     if args.json_path:
         try:

@@ -11,6 +11,11 @@ from pynsm.data.cifar import read_cifar_binary
 from pynsm.data.digits import load_digits
 from pynsm.data.folder import ImageFolderDataset, load_image_folder
 from pynsm.data.idx import read_idx
+from pynsm.data.long_tail import (
+    LONG_TAIL_SEED,
+    long_tailed_counts,
+    long_tailed_indices,
+)
 from pynsm.data.multicrop import MultiCrop, random_resized_crop
 from pynsm.data.npz import load_npz, stratified_split
 from pynsm.data.registry import DATASET_NAMES, load_dataset
@@ -31,6 +36,9 @@ __all__ = [
     "load_digits",
     "load_npz",
     "stratified_split",
+    "long_tailed_indices",
+    "long_tailed_counts",
+    "LONG_TAIL_SEED",
     "MultiCrop",
     "random_resized_crop",
 ]

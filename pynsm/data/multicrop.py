@@ -67,9 +67,9 @@ def random_resized_crop(
     batch = images.shape[0]
     draws = torch.rand(batch, 5, device=images.device, generator=generator)
     area = scale[0] + (scale[1] - scale[0]) * draws[:, 0]
-    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * draws[
-        :, 1
-    ]
+    log_ratio = (
+        math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * draws[:, 1]
+    )
     aspect = log_ratio.exp()
     # half-widths in normalised coordinates ([-1, 1] spans the image)
     width = (area * aspect).sqrt().clamp(max=1.0)

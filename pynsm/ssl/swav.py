@@ -11,6 +11,7 @@ from pynsm.ssl._ssl_batch import images_from_batch
 from pynsm.ssl.convnet import SmallConvNet, infer_feature_dim
 from pynsm.ssl.heads import SwaVProjectionHead, SwaVPrototypes
 from pynsm.ssl.swav_queue import SwaVQueue
+from pynsm.ssl.views import check_view_size, resize_to_view
 from pynsm.validation import check_float, check_int
 
 
@@ -50,7 +51,7 @@ class SwaV(nn.Module):
         n_prototypes: Number of prototypes.
         n_epochs_frozen_prototypes: Epochs during which the prototypes are frozen.
         num_local_crops: Number of local crops per image.
-        local_crop_size: Side of the local crops (default ``image_size // 2``, at
+        local_crop_size: Side of the local crops (default half the view size, at
             least 2).
         multicrop: A custom :class:`~pynsm.data.multicrop.MultiCrop` (overrides the
             two arguments above and ``flip_p``).
@@ -67,6 +68,11 @@ class SwaV(nn.Module):
             backbone averages its last feature map over a ``readout_grid ×
             readout_grid`` grid (``2 · conv_width · readout_grid²`` features; 1:
             the global average the projection head sees). Other backbones ignore it.
+        view_size: Side of the global crops (default ``image_size``; the local
+            crops follow it). A smaller side trains faster on large images: the
+            global crops are resampled to it, and :meth:`embed` averages whole
+            images down to it (:func:`~pynsm.ssl.views.resize_to_view`), so
+            readouts see the scale the network was trained on.
 
     Example:
         >>> model = SwaV(in_channels=1, image_size=8)
@@ -98,19 +104,22 @@ class SwaV(nn.Module):
         conv_width: int = 32,
         flip_p: float = 0.0,
         readout_grid: int = 3,
+        view_size: int | None = None,
     ) -> None:
         super().__init__()
         in_channels = check_int("in_channels", in_channels, minimum=1)
         image_size = check_int("image_size", image_size, minimum=2)
+        view_size = check_view_size(view_size, image_size)
         queue_length = check_int("queue_length", queue_length, minimum=0)
         flip_p = check_float("flip_p", flip_p, minimum=0.0, maximum=1.0)
         self.readout_grid = check_int("readout_grid", readout_grid, minimum=1)
         self.in_channels = in_channels
         self.image_size = image_size
+        self.view_size = view_size
         self.backbone = (
             SmallConvNet(in_channels, conv_width) if backbone is None else backbone
         )
-        feature_dim = infer_feature_dim(self.backbone, in_channels, image_size)
+        feature_dim = infer_feature_dim(self.backbone, in_channels, view_size)
         self.projection_head = SwaVProjectionHead(
             feature_dim, projection_hidden_dim, projection_dim
         )
@@ -119,8 +128,8 @@ class SwaV(nn.Module):
         )
         if multicrop is None:
             multicrop = MultiCrop(
-                global_size=image_size,
-                local_size=local_crop_size or max(2, image_size // 2),
+                global_size=view_size,
+                local_size=local_crop_size or max(2, view_size // 2),
                 num_local=num_local_crops,
                 flip_p=flip_p,
             )
@@ -188,8 +197,12 @@ class SwaV(nn.Module):
         feature map averaged over a ``readout_grid × readout_grid`` grid: measured
         on digits after 100 epochs, 1-shot/5-shot linear probes of 79.4%/95.7% on
         a 3×3 grid against 77.0%/94.3% for the global average (64 features); any
-        other backbone gives its output, flattened.
+        other backbone gives its output, flattened. With ``view_size <
+        image_size`` the images are first averaged down to ``view_size ×
+        view_size``.
         """
+        if self.view_size != self.image_size:
+            x = resize_to_view(x, self.view_size)
         if isinstance(self.backbone, SmallConvNet):
             return self.backbone.pooled_features(x, self.readout_grid)
         return self.backbone(x).flatten(1)

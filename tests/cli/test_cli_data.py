@@ -287,3 +287,51 @@ def test_real_mnist_plan_uses_the_standard_test_set():
     assert plan.split == "standard" and plan.recipe == "large"
     assert (plan.info.channels, plan.info.height, plan.info.width) == (1, 28, 28)
     assert plan.info.num_classes == 10
+
+
+def test_long_tail_trains_on_power_law_counts_and_embed_follows(
+    tmp_path, mnist_dir, capsys
+):
+    from pynsm.data import long_tailed_counts
+
+    report, checkpoints = tmp_path / "r.json", tmp_path / "ck"
+    argv = ["train", "--model", "sm", "--dataset", "mnist", "--data-dir", mnist_dir]
+    argv += ["--epochs", "1", "--long-tail", "4", "--no-progress"]
+    argv += ["--json", str(report), "--checkpoint-dir", str(checkpoints)]
+    assert cli.main(argv) == 0
+    expected = long_tailed_counts([6] * 10, imbalance=4).tolist()  # 6 per class
+    out = capsys.readouterr().out
+    line = ", ".join(map(str, expected))
+    assert f"trained on a long tail (4:1), images per class: {line}" in out
+    result = json.loads(report.read_text())
+    assert result["long_tail"] == 4.0 and result["train_class_counts"] == expected
+    assert result["train_size"] == sum(expected) and result["test_size"] == 20
+    # embed rebuilds the same long-tailed training set from the checkpoint
+    out_file = tmp_path / "features.npz"
+    argv = ["embed", "--checkpoint-dir", str(checkpoints), "--out", str(out_file)]
+    assert cli.main(argv) == 0
+    with np.load(out_file) as arrays:
+        assert np.bincount(arrays["train_labels"]).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [("0.5", "--long-tail must be >= 1"), ("7", "needs a class of at least 7")],
+)
+def test_bad_long_tails_are_refused(tmp_path, mnist_dir, capsys, value, match):
+    report = tmp_path / "r.json"
+    argv = ["train", "--dataset", "mnist", "--data-dir", mnist_dir, "--epochs", "1"]
+    argv += ["--long-tail", value, "--no-progress", "--json", str(report)]
+    assert cli.main(argv) == 2
+    one_line_error(capsys.readouterr().err, match)
+    assert not report.exists()
+
+
+def test_ssl_recipes_scale_epochs_with_the_training_set(mnist_dir):
+    args = parse_args(["train", "--model", "msn", "--dataset", "mnist"])
+    args.data_dir = mnist_dir
+    plan = cli_train.make_plan(args, torch.device("cpu"))
+    assert plan.recipe == "large" and len(plan.train_set) == 60
+    assert plan.epochs == plan.spec.default_epochs(60) == 5000  # 300,000 images
+    args.epochs = 2
+    assert cli_train.make_plan(args, torch.device("cpu")).epochs == 2
