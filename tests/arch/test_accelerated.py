@@ -113,8 +113,8 @@ def test_a_smaller_tol_takes_more_steps_and_stops_early():
         circuit(x)
         steps.append(circuit.iteration_idx + 1)
     assert steps[0] < steps[1] < 2000
-    # the residual is first looked at after CHECK_EVERY steps
-    assert steps[0] >= _accelerated.CHECK_EVERY + 1
+    # under ReLU the residual is first looked at after ADAPT_AT steps
+    assert steps[0] >= _accelerated.ADAPT_AT + 1
 
 
 def test_tol_zero_runs_exactly_max_iterations():
@@ -289,3 +289,51 @@ def test_linear_solve_calls_iteration_hooks_once_per_iteration():
     y = circuit(x)
     assert [i for i, _ in seen] == [0]
     torch.testing.assert_close(seen[0][1], y)
+
+
+def test_spatial_blocks_each_reach_tol_and_satisfy_kkt(one_thread):
+    # channels-first blocks of 2 samples: the first block's stopping point is
+    # where the others first look; every block must still reach tol on its own
+    torch.manual_seed(1)
+    b = torch.randn(7, CHANNELS, 30, dtype=torch.float64)
+    weight = random_spd(CHANNELS, 0.1, 1.8, dtype=torch.float64)
+    y, _ = _accelerated.solve_projected(
+        b,
+        weight,
+        1.0,
+        2000,
+        torch.Tensor.relu_,
+        tol=1e-9,
+        chunk_rows=2,
+        nonnegative=True,
+    )
+    circuit = SimilarityMatching(
+        nn.Identity(), CHANNELS, iteration_projection=torch.relu
+    ).double()
+    set_competitor(circuit, weight)
+    for start in range(0, 7, 2):
+        block, drive = y[start : start + 2], b[start : start + 2]
+        assert float(fixed_point_residual(circuit, block, [drive])) <= 1e-9
+        assert _kkt_violation(circuit, block, drive) < 1e-7
+    # the check can fail: a block stopped early would be far from it
+    early, _ = _accelerated.solve_projected(
+        b, weight, 1.0, 5, torch.Tensor.relu_, chunk_rows=2, nonnegative=True
+    )
+    assert _kkt_violation(circuit, early, b) > 1e-5
+
+
+def test_other_projection_reaches_tol_at_the_same_fixed_point():
+    # a projection other than ReLU (a box): the residual of the general branch
+    def box(y):
+        return y.clamp(0.0, 0.3)
+
+    circuit, x = _circuit(False, tol=1e-10)
+    circuit.iteration_projection = box
+    y = circuit(x)
+    b = _drive(circuit, x)
+    assert float(fixed_point_residual(circuit, y, [b])) <= 1e-10
+    assert circuit.iteration_idx < 1999
+    assert (y == 0.3).any() and (y == 0).any()  # both bounds are active somewhere
+    plain, _ = _circuit(False, solver="gradient", max_iterations=3000)
+    plain.iteration_projection = box
+    torch.testing.assert_close(y, plain(x), atol=1e-8, rtol=0)
