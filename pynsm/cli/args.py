@@ -149,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="supervised-sm",
         help="the model; its recipe (epochs, batch size, lr, architecture) is "
         "chosen from the image size: 'small' for images up to 16x16 (tuned on "
-        "digits), 'large' above (MNIST- and CIFAR-sized: the circuits sm and "
-        "supervised-sm have their own, tuned on MNIST; msn, pmsn and swav keep "
-        "the digits recipe there for now); the report and the checkpoint record "
-        "which",
+        "digits), 'large' above (MNIST- and CIFAR-sized, tuned on MNIST: the "
+        "circuits 3 epochs; msn, pmsn and swav on views of half the image side "
+        "for 300,000 images seen, i.e. 5 epochs of MNIST and more epochs of a "
+        "smaller set); the report and the checkpoint record which",
     )
     _add_data_flags(train, "digits")
     train.add_argument(

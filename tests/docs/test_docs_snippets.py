@@ -133,3 +133,15 @@ def test_training_pages_run_on_a_few_digits(page: str, few_digits) -> None:
             tr.output, tr.label, te.output, te.label, C=0.1
         )
     assert 0.0 <= accuracy <= 1.0
+
+
+def test_the_long_tail_snippet_prints_what_the_data_guide_says(capsys) -> None:
+    (block,) = [b for b in _blocks("guide/data.md") if "long_tailed_indices" in b]
+    exec(compile(block, "guide/data.md", "exec"), {})  # noqa: S102
+    printed = capsys.readouterr().out.strip()
+    assert f"# {printed}" in block
+
+
+def test_the_mnist_page_builds_its_longer_recipe() -> None:
+    ns = _run("mnist.md")
+    assert ns["model"].view_size == 28 and ns["trainer"].epochs == 100
