@@ -6,7 +6,7 @@ import argparse
 import os
 import tempfile
 from collections.abc import Sequence
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 import torch
 
@@ -45,53 +45,51 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _integer(name: str, minimum: int, maximum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _parsed(
+    name: str, convert: Callable[[str], Any], kind: str, check: Callable[[Any], Any]
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert`` the text, then ``check`` the value; both
+    failures become one-line usage errors naming the flag."""
+
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{name} must be an integer, got {text!r}"
+                f"{name} must be {kind}, got {text!r}"
             ) from None
         try:
-            return check_int(name, value, minimum=minimum, maximum=maximum)
+            return check(value)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def _integer(name: str, minimum: int, maximum: int) -> Callable[[str], int]:
+    return _parsed(
+        name,
+        int,
+        "an integer",
+        lambda value: check_int(name, value, minimum=minimum, maximum=maximum),
+    )
 
 
 def _float_at_least(name: str, minimum: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be a number, got {text!r}"
-            ) from None
-        try:
-            return check_float(name, value, minimum=minimum, maximum=MAX_FLOAT32)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
+    return _parsed(
+        name,
+        float,
+        "a number",
+        lambda value: check_float(name, value, minimum=minimum, maximum=MAX_FLOAT32),
+    )
 
 
 def _positive_float(name: str, maximum: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be a number, got {text!r}"
-            ) from None
-        try:
-            checked = check_float(name, value, minimum=0.0, strict=True)
-            return check_float(name, checked, maximum=maximum)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+    def check(value: float) -> float:
+        positive = check_float(name, value, minimum=0.0, strict=True)
+        return check_float(name, positive, maximum=maximum)
 
-    return parse
+    return _parsed(name, float, "a number", check)
 
 
 def _add_data_flags(command: argparse.ArgumentParser, default: str | None) -> None:
