@@ -61,6 +61,8 @@ def long_tailed_counts(
     order = np.random.default_rng(seed).permutation(len(sizes))
     counts = np.empty(len(sizes), dtype=np.int64)
     for rank, cls in enumerate(order):
+        # alpha comes from logs: 5421 * 10 ** -2 may land just below 54.21, so
+        # a hair of slack keeps exact ratios from flooring one image short
         counts[cls] = max(1, math.floor(sizes.min() * (rank + 1) ** -alpha + 1e-9))
     return counts
 
