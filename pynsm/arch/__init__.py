@@ -9,11 +9,13 @@ from .similarity import (
     SimilarityMatching,
     SupervisedSimilarityMatching,
 )
+from .whitening import RunningWhitening
 
 __all__ = [
     "IterationModule",
     "IterationLossModule",
     "MultiSimilarityMatching",
+    "RunningWhitening",
     "SimilarityMatching",
     "SupervisedSimilarityMatching",
 ]

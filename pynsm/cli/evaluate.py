@@ -126,13 +126,13 @@ def epoch_knn(
 
 
 def circuit_accuracy(task: nn.Module, data: TensorDataset) -> float | None:
-    """Test accuracy of ``task.predict(x)`` (else ``task.circuit.predict(x)``), or
-    ``None`` without one."""
-    predict = getattr(task, "predict", None)  # a stack of circuits classifies
-    if not callable(predict):
-        predict = getattr(getattr(task, "circuit", None), "predict", None)
+    """Test accuracy of the (top) circuit's own ``predict``, or ``None`` when it
+    has none (an unsupervised circuit, or a stack of them)."""
+    predict = getattr(getattr(task, "circuit", None), "predict", None)
     if not callable(predict):
         return None
+    if callable(getattr(task, "predict", None)):
+        predict = task.predict  # a stack runs x through the layers below first
     device = next(task.parameters()).device
     was_training = task.training
     task.eval()

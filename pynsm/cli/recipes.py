@@ -360,38 +360,72 @@ class _GridAveragePool:
         return nn.functional.avg_pool2d(y, self.size, self.size, ceil_mode=True)
 
 
+class _MaxPool:
+    """Readout of a convolutional circuit: its output max-pooled in ``size x
+    size`` windows every ``stride`` pixels. A plain object, not a module."""
+
+    def __init__(self, size: int, stride: int | None = None, ceil: bool = True) -> None:
+        self.size, self.stride, self.ceil = size, stride or size, ceil
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.max_pool2d(y, self.size, self.stride, ceil_mode=self.ceil)
+
+
 #: Kernel (and centring window) of the convolutional circuit for large images.
 _CONV_KERNEL = 6
 
 
-def _stroke_detectors(channels: int, pool: int) -> nn.Module:
-    """pynsm 1.0.1's demo circuit (50 channels, 6x6 kernel, ReLU) on centred
-    input, read out by ``pool x pool`` averages: it learns stroke detectors
-    (docs/mnist.md shows them)."""
+def _centred_conv_circuit(
+    in_channels: int, out_channels: int, kernel: int, scale: float
+) -> nn.Module:
+    """A non-negative convolutional circuit on locally centred input, solved to a
+    relative fixed-point residual of 1e-3 with the accelerated solver."""
     from pynsm.arch import SimilarityMatching
-    from pynsm.train import CircuitTask
 
     encoder = nn.Sequential(
-        _LocalCentering(_CONV_KERNEL, scale=1.8),
-        nn.Conv2d(channels, 50, _CONV_KERNEL, bias=False),
+        _LocalCentering(kernel, scale=scale),
+        nn.Conv2d(in_channels, out_channels, kernel, bias=False),
     )
     # accelerated solve to a relative residual of 1e-3 (measured on the trained
-    # circuit, 500 test images: 17 steps and 0.61 s where 40 plain steps took
-    # 0.89 s and stopped at 2.8e-3); at random init (M = I) it stops at its first
-    # check, so the readouts of the untrained circuit cost little
-    circuit = SimilarityMatching(
+    # stroke detectors, 500 test images: 17 steps and 0.61 s where 40 plain steps
+    # took 0.89 s and stopped at 2.8e-3); at random init (M = I) it stops at its
+    # first check, so the readouts of the untrained circuit cost little
+    return SimilarityMatching(
         encoder,
-        out_channels=50,
+        out_channels=out_channels,
         iteration_projection=torch.relu,
         max_iterations=40,
         tol=1e-3,
         solver="accelerated",
     )
-    return CircuitTask(circuit, feature_pool=_GridAveragePool(pool))
+
+
+def _stroke_detectors(channels: int, pool: nn.Module | Callable) -> nn.Module:
+    """pynsm 1.0.1's demo circuit (50 channels, 6x6 kernel, ReLU) on centred
+    input, read out by ``pool``: it learns stroke detectors (docs/mnist.md shows
+    them)."""
+    from pynsm.train import CircuitTask
+
+    circuit = _centred_conv_circuit(channels, 50, _CONV_KERNEL, scale=1.8)
+    return CircuitTask(circuit, feature_pool=pool)
 
 
 def _conv_nsm(channels: int, side: int, classes: int) -> nn.Module:
-    return _stroke_detectors(channels, pool=4)
+    from pynsm.train import CircuitStack, CircuitTask
+
+    # deep similarity matching, two circuits each learning by its own rule
+    # (measured on MNIST, docs/mnist.md): the stroke detectors, max-pooled 2x2
+    # ([50, 12, 12] for 28x28), then 100 detectors of their 4x4 combinations on
+    # the locally centred maps (scale 0.16 gives their 800-number input patches
+    # about the norm of the first layer's), read out by 3x3 max-pools every 2
+    # positions ([100, 4, 4] = 1,600 numbers). The second layer's trained units
+    # are sparse and selective, so a max-pool reads "this part is present here";
+    # at random init they are dense and the same max-pool reads noise
+    strokes = _stroke_detectors(channels, _MaxPool(2))
+    parts = _centred_conv_circuit(50, 100, 4, scale=0.16)
+    return CircuitStack(
+        strokes, CircuitTask(parts, feature_pool=_MaxPool(3, 2, ceil=False))
+    )
 
 
 def _stacked_supervised_sm(channels: int, side: int, classes: int) -> nn.Module:
@@ -403,7 +437,7 @@ def _stacked_supervised_sm(channels: int, side: int, classes: int) -> nn.Module:
     # output, read out by its label reconstruction as on the digits (ridge
     # regression of the labels on these features read 98.6% on MNIST, on the
     # 4x4 averages 98.4%)
-    features = _stroke_detectors(channels, pool=3)
+    features = _stroke_detectors(channels, _GridAveragePool(3))
     width = 50 * (-(-(side - _CONV_KERNEL + 1) // 3)) ** 2
     encoder = nn.Sequential(
         nn.Flatten(),
@@ -426,12 +460,13 @@ def _stacked_supervised_sm(channels: int, side: int, classes: int) -> nn.Module:
 
 
 def _large_circuit_spec(
-    build: BuildFn, *, supervised: bool, square: bool = False
+    build: BuildFn, *, supervised: bool, square: bool = False, min_size: int
 ) -> ModelSpec:
     """The recipe both circuits share on large images (measured on MNIST, see
     docs/mnist.md): SGD at a high learning rate, because the loss is divided by
     numel(y) (W moves lr * 4 / 50 of the way to its target a step); 3 epochs of
-    MNIST take about 3.5 minutes on one CPU thread, longer than the evaluation."""
+    MNIST take 3.5 (supervised-sm) to 7 (sm, two circuits) minutes on one CPU
+    thread, longer than the evaluation."""
     return ModelSpec(
         build=build,
         optimizer=torch.optim.SGD,
@@ -441,7 +476,7 @@ def _large_circuit_spec(
         probe_c=1.0,
         self_supervised=not supervised,
         cpu_threads=1,
-        min_image_size=_CONV_KERNEL,
+        min_image_size=min_size,
         square_images=square,
     )
 
@@ -454,9 +489,11 @@ SSL_LARGE_IMAGES = 300_000
 LARGE_MODELS: dict[str, ModelSpec] = {
     # the top circuit's input width is computed from the image side: square only
     "supervised-sm": _large_circuit_spec(
-        _stacked_supervised_sm, supervised=True, square=True
+        _stacked_supervised_sm, supervised=True, square=True, min_size=_CONV_KERNEL
     ),
-    "sm": _large_circuit_spec(_conv_nsm, supervised=False),
+    # two stacked circuits: a 6x6 kernel, a 2x2 pool, a 4x4 kernel and a 3x3 pool
+    # need 16 pixels a side
+    "sm": _large_circuit_spec(_conv_nsm, supervised=False, min_size=16),
     # the SSL models train on views of half the image side (14x14 for MNIST)
     # for SSL_LARGE_IMAGES images seen: 5 epochs of MNIST's 60,000 fit the
     # 20-minute CPU budget; a smaller set gets more epochs, the same steps

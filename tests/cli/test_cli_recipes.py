@@ -41,18 +41,33 @@ def test_the_untrained_stroke_detectors_stop_at_the_first_check():
     # at random init M = I, so y = relu(W x) after one step and the solver stops
     # at its first residual check: the random-init readouts cost almost nothing
     task = LARGE_MODELS["sm"].build(1, 28, 10)
-    assert isinstance(task, CircuitTask)
-    circuit = task.circuit
+    assert isinstance(task, CircuitStack)
     x = torch.rand(3, 1, 28, 28)
-    y = circuit(x)
-    with torch.no_grad():
-        torch.testing.assert_close(y, torch.relu(circuit.encoders[0](x)))
-    assert circuit.iteration_idx <= 4  # of max_iterations = 40
+    for layer in task.layers:
+        assert isinstance(layer, CircuitTask)
+        circuit = layer.circuit
+        y = circuit(x)
+        with torch.no_grad():
+            torch.testing.assert_close(y, torch.relu(circuit.encoders[0](x)))
+        assert circuit.iteration_idx <= 4  # of max_iterations = 40
+        x = layer.pool(y)
+
+
+def test_large_sm_is_two_stacked_circuits_read_by_max_pools():
+    task = LARGE_MODELS["sm"].build(1, 28, 10)
+    x = torch.rand(2, 1, 28, 28)
+    strokes, parts = task.layers
+    pooled = strokes.pool(strokes.circuit(x))
+    assert pooled.shape == (2, 50, 12, 12)  # 23x23 max-pooled 2x2 (ceil)
+    assert task.embed(x).shape == (2, 100 * 4 * 4)  # 9x9 max-pooled 3x3 every 2
+    # the smallest image the recipe takes
+    assert task.embed(torch.rand(1, 1, 16, 16)).shape == (1, 100)
+    assert LARGE_MODELS["sm"].min_image_size == 16
 
 
 def test_local_centring_removes_the_local_mean():
     task = LARGE_MODELS["sm"].build(1, 28, 10)
-    centring = task.circuit.encoders[0][0]
+    centring = task.layers[0].circuit.encoders[0][0]
     constant = torch.full((1, 1, 28, 28), 0.7)
     torch.testing.assert_close(centring(constant), torch.zeros_like(constant))
     x = torch.rand(2, 1, 28, 28)
