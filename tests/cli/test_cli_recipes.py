@@ -102,3 +102,29 @@ def test_a_non_square_dataset_is_refused_by_the_stack_and_served_to_sm(
     assert cli.main([*argv, "--model", "supervised-sm"]) == 2
     one_line_error(capsys.readouterr().err, "needs square images, got 20x24")
     assert cli.main([*argv, "--model", "sm"]) == 0
+
+
+def test_supervised_large_recipe_whitens_and_averages_its_hebbian_terms():
+    from pynsm.arch import RunningWhitening
+
+    spec = LARGE_MODELS["supervised-sm"]
+    task = spec.build(1, 28, 10)
+    whitening = [m for m in task.modules() if isinstance(m, RunningWhitening)]
+    assert len(whitening) == 1 and whitening[0].num_features == 3200
+    # the whitening sits between the stroke detectors and the supervised circuit
+    assert whitening[0] is task.layers[0].feature_pool[-1]
+    task.train()
+    x, labels = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    task.training_loss((x, labels))
+    assert int(whitening[0].num_samples_tracked) == 4  # once per step
+    # learning rate: full for 100 steps, then 1/t
+    optimizer = torch.optim.SGD(task.parameters(), lr=spec.lr)
+    schedule = spec.scheduler(optimizer, spec.epochs, 600)
+    rates = []
+    for _ in range(400):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[1] == rates[100] == spec.lr
+    assert rates[200] == pytest.approx(spec.lr / 2)
+    assert rates[399] == pytest.approx(spec.lr * 100 / 399)
