@@ -21,10 +21,16 @@ cases)::
 
     tests/fetch_lightly.sh
     PYTHONPATH=. .venv/bin/python tests/benchmarks/bench_losses_lightly.py 1
+
+On a GPU, add ``--device cuda`` (inputs, buffers and the timing move there: wall
+time with a synchronisation after each call instead of CPU time) and ``--compile``
+to time ``torch.compile``-d losses on both sides (compiled once, before timing);
+``--cases A,B`` picks cases by name.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import os
@@ -181,11 +187,22 @@ def _import_lightly(module: str) -> types.ModuleType:
     return importlib.import_module("lightly." + module)
 
 
+def _to(args: Any, device: str) -> Any:
+    """``args`` on ``device``, leaves kept leaves (``requires_grad`` as before)."""
+    if isinstance(args, torch.Tensor):
+        return args.detach().to(device).requires_grad_(args.requires_grad)
+    if isinstance(args, (list, tuple)):
+        return type(args)(_to(item, device) for item in args)
+    return args
+
+
 class Bench:
     """Builds the cases of one side (``ours`` or ``lightly``) and times them."""
 
-    def __init__(self, side: str) -> None:
+    def __init__(self, side: str, device: str = "cpu", compiled: bool = False) -> None:
         self.side = side
+        self.device = device
+        self.compiled = compiled
         self.built: dict[str, tuple[Any, list[Any], dict]] = {}
 
     def build(self, name: str) -> tuple[Any, list[Any], dict]:
@@ -197,7 +214,11 @@ class Bench:
                 factory = getattr(importlib.import_module("pynsm.losses"), cls)
             torch.manual_seed(0)
             loss_fn = factory(**kwargs)
-            args = inputs(torch.Generator().manual_seed(1))
+            if isinstance(loss_fn, torch.nn.Module):
+                loss_fn = loss_fn.to(self.device)
+            if self.compiled:
+                loss_fn = torch.compile(loss_fn)
+            args = _to(inputs(torch.Generator().manual_seed(1)), self.device)
             self.built[name] = (loss_fn, args, call)
         return self.built[name]
 
@@ -209,33 +230,56 @@ class Bench:
     def time(self, name: str, repeats: int) -> float:
         loss_fn, args, call = self.build(name)
         leaves = _leaves(args)
+        cuda = self.device.startswith("cuda")
+        # CPU time on the CPU (robust to other jobs); wall time up to a
+        # synchronisation on a GPU, whose work the CPU clock does not see
+        clock = time.perf_counter if cuda else time.process_time
         best = float("inf")
         for _ in range(repeats):
             for leaf in leaves:
                 leaf.grad = None
-            start = time.process_time()
+            if cuda:
+                torch.cuda.synchronize()
+            start = clock()
             loss_fn(*args, **call).backward()
-            best = min(best, time.process_time() - start)
+            if cuda:
+                torch.cuda.synchronize()
+            best = min(best, clock() - start)
         return best
 
 
-def _worker(side: str, threads: int) -> None:
+def _worker(side: str, threads: int, device: str, compiled: bool) -> None:
     warnings.simplefilter("ignore")  # lightly's deprecation notices
     torch.set_num_threads(threads)
-    bench = Bench(side)
+    bench = Bench(side, device, compiled)
     for line in sys.stdin:
         command, name, number = line.rstrip("\n").split("|")
-        if command == "value":
-            result = bench.value(name)
-        else:
-            result = bench.time(name, int(number))
+        try:
+            if command == "value":
+                result = bench.value(name)
+            else:
+                result = bench.time(name, int(number))
+        except Exception as error:  # noqa: BLE001 -- one case must not end the run
+            print(f"{side} {name}: {type(error).__name__}: {error}", file=sys.stderr)
+            result = float("nan")
         print(repr(result), flush=True)
 
 
 def main() -> None:
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
-    only = sys.argv[3].split(",") if len(sys.argv) > 3 else list(CASES)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("threads", nargs="?", type=int, default=1)
+    parser.add_argument("rounds", nargs="?", type=int, default=5)
+    parser.add_argument("only", nargs="?", default=None, help="cases, comma-separated")
+    parser.add_argument("--cases", default=None, help="cases, comma-separated")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true")
+    options = parser.parse_args()
+    threads, rounds = options.threads, options.rounds
+    chosen = options.cases or options.only
+    only = chosen.split(",") if chosen else list(CASES)
+    unknown = sorted(set(only) - set(CASES))
+    if unknown:
+        sys.exit(f"unknown cases {unknown}; known: {sorted(CASES)}")
     repeats = 3
     if not (LIGHTLY_DIR / "lightly" / "loss").is_dir():
         sys.exit(f"lightly 1.4.26 not in {LIGHTLY_DIR}: run tests/fetch_lightly.sh")
@@ -243,7 +287,8 @@ def main() -> None:
     # this process's state; they take turns, one timing request at a time
     workers = {
         side: subprocess.Popen(
-            [sys.executable, __file__, "--worker", side, str(threads)],
+            [sys.executable, __file__, "--worker", side, str(threads),
+             options.device, str(int(options.compile))],  # fmt: skip
             env={**STEADY_MALLOC, **os.environ, "PYTHONPATH": path},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -259,8 +304,9 @@ def main() -> None:
         worker.stdin.flush()
         return float(worker.stdout.readline())
 
-    print(f"torch {torch.__version__}, {threads} thread(s), batch {B}, fwd+bwd, "
-          f"best of {rounds} x {repeats} interleaved calls")  # fmt: skip
+    where = options.device + (", torch.compile" if options.compile else "")
+    print(f"torch {torch.__version__}, {where}, {threads} thread(s), batch {B}, "
+          f"fwd+bwd, best of {rounds} x {repeats} interleaved calls")  # fmt: skip
     header = f"{'loss':<20}{'lightly ms':>11}{'ours ms':>9}{'ratio':>7}"
     print(header + f"{'value rel.diff':>16}")
     try:
@@ -287,6 +333,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        _worker(sys.argv[2], int(sys.argv[3]))
+        _worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1")
     else:
         main()
