@@ -147,8 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="supervised-sm",
         help="the model; its recipe (epochs, batch size, lr, architecture) is "
         "chosen from the image size: 'small' for images up to 16x16 (tuned on "
-        "digits), 'large' above (MNIST- and CIFAR-sized, tuned on MNIST: the "
-        "circuits 3 epochs; msn, pmsn and swav on views of half the image side "
+        "digits), 'large' above (MNIST- and CIFAR-sized, tuned on MNIST: sm 3 "
+        "epochs; supervised-sm 4, its stroke detectors learning in the first "
+        "and its supervised circuit in the other 3; msn, pmsn and swav on views "
+        "of half the image side "
         "for 300,000 images seen, i.e. 5 epochs of MNIST and more epochs of a "
         "smaller set); the report and the checkpoint record which",
     )

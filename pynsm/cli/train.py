@@ -87,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         task = build_model(
             args.model, plan.spec, plan.info, first_images(plan.train_set)
         ).to(device)
+        check_layerwise_epochs(args.model, task, plan.epochs)
         check_outputs(args)  # last: folders are created only once all else passed
         result: dict[str, Any] = {"eval_seconds": 0.0}
         if plan.rank == 0:  # the same readouts before training: what it adds
@@ -141,6 +142,18 @@ def make_plan(args: argparse.Namespace, device: torch.device) -> Plan:
     )
 
 
+def check_layerwise_epochs(model: str, task: nn.Module, epochs: int) -> None:
+    """A recipe whose layers learn one after the other needs an epoch for its top
+    layer (see :class:`~pynsm.train.CircuitStack`'s ``layerwise``)."""
+    layerwise = getattr(task, "layerwise", None)
+    if layerwise and 0 < epochs <= sum(layerwise):  # 0: no training at all
+        fail(
+            f"--epochs {epochs}: --model {model} trains its layers one after the "
+            f"other (epochs of the layers below the top: {list(layerwise)}) and "
+            f"needs more than {sum(layerwise)} epochs"
+        )
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """Probe ``--json`` and ``--checkpoint-dir`` for writing (creating folders)."""
     if args.json_path:
@@ -181,6 +194,8 @@ def fit(plan: Plan, task: nn.Module) -> tuple[list[dict[str, Any]], float, float
         scheduler_interval="step",
         grad_clip_norm=spec.grad_clip_norm,
         device=plan.device,
+        # layers that rest in greedy layer-wise training get no gradient
+        find_unused_parameters=getattr(task, "layerwise", None) is not None,
         num_workers=args.num_workers,
         checkpoint_path=plan.checkpoint,
         seed=args.seed,

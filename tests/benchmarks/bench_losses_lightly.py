@@ -287,8 +287,15 @@ def main() -> None:
     # this process's state; they take turns, one timing request at a time
     workers = {
         side: subprocess.Popen(
-            [sys.executable, __file__, "--worker", side, str(threads),
-             options.device, str(int(options.compile))],  # fmt: skip
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                side,
+                str(threads),
+                options.device,
+                str(int(options.compile)),
+            ],  # fmt: skip
             env={**STEADY_MALLOC, **os.environ, "PYTHONPATH": path},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

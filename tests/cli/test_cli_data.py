@@ -52,7 +52,7 @@ def test_train_and_embed_on_a_standard_split(tmp_path, mnist_dir, small_npz, cap
         "--data-dir",
         mnist_dir,
         "--epochs",
-        "1",
+        "2",  # the large supervised-sm recipe: stroke detectors, then its head
         "--no-progress",
         "--json",
         str(report),
@@ -335,3 +335,12 @@ def test_ssl_recipes_scale_epochs_with_the_training_set(mnist_dir):
     assert plan.epochs == plan.spec.default_epochs(60) == 5000  # 300,000 images
     args.epochs = 2
     assert cli_train.make_plan(args, torch.device("cpu")).epochs == 2
+
+
+def test_a_layerwise_recipe_needs_an_epoch_for_its_top_layer(mnist_dir, capsys):
+    argv = ["train", "--dataset", "mnist", "--data-dir", mnist_dir, "--epochs", "1"]
+    assert cli.main([*argv, "--no-progress"]) == 2
+    one_line_error(
+        capsys.readouterr().err,
+        "--epochs 1: --model supervised-sm trains its layers one after the other",
+    )

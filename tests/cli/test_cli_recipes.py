@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pynsm.cli.recipes import LARGE_MODELS, MODELS, select_recipe
+from pynsm.cli.recipes import LARGE_MODELS, LAYERWISE_EPOCHS, MODELS, select_recipe
 from pynsm.train import CircuitStack, CircuitTask
 
 
@@ -113,18 +113,27 @@ def test_supervised_large_recipe_whitens_and_averages_its_hebbian_terms():
     assert len(whitening) == 1 and whitening[0].num_features == 3200
     # the whitening sits between the stroke detectors and the supervised circuit
     assert whitening[0] is task.layers[0].feature_pool[-1]
+    # the layers learn one after the other: the stroke detectors first (the
+    # whitening and the supervised circuit are not run), then the circuit
+    assert task.layerwise == (LAYERWISE_EPOCHS,)
     task.train()
     x, labels = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    task.on_epoch_start(0, spec.epochs)
+    task.training_loss((x, labels))
+    assert int(whitening[0].num_samples_tracked) == 0
+    task.on_epoch_start(LAYERWISE_EPOCHS, spec.epochs)
     task.training_loss((x, labels))
     assert int(whitening[0].num_samples_tracked) == 4  # once per step
-    # learning rate: full for 100 steps, then 1/t
+    # learning rate, in each layer's phase: full for 100 steps, then 1/t
     optimizer = torch.optim.SGD(task.parameters(), lr=spec.lr)
-    schedule = spec.scheduler(optimizer, spec.epochs, 600)
+    steps = 600
+    schedule = spec.scheduler(optimizer, spec.epochs, steps)
     rates = []
-    for _ in range(400):
+    for _ in range(steps * LAYERWISE_EPOCHS + 400):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
-    assert rates[1] == rates[100] == spec.lr
-    assert rates[200] == pytest.approx(spec.lr / 2)
-    assert rates[399] == pytest.approx(spec.lr * 100 / 399)
+    for start in (0, steps * LAYERWISE_EPOCHS):
+        assert rates[start + 1] == rates[start + 100] == spec.lr
+        assert rates[start + 200] == pytest.approx(spec.lr / 2)
+        assert rates[start + 399] == pytest.approx(spec.lr * 100 / 399)

@@ -8,8 +8,8 @@ from dist_utils import run_distributed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pynsm.arch import SupervisedSimilarityMatching
-from pynsm.train import CircuitTask, Trainer
+from pynsm.arch import SimilarityMatching, SupervisedSimilarityMatching
+from pynsm.train import CircuitStack, CircuitTask, Trainer
 
 # a hang among the processes fails in two minutes, not pytest-timeout's ten
 pytestmark = pytest.mark.timeout(120)
@@ -44,10 +44,46 @@ def _step_worker(rank, world_size):
     return world, loss, {k: v.clone() for k, v in task.state_dict().items()}
 
 
+def _layerwise_setup():
+    torch.manual_seed(0)
+    bottom = SimilarityMatching(
+        nn.Conv2d(1, 4, 3, bias=False), 4, iteration_projection=torch.relu
+    )
+    top = SupervisedSimilarityMatching(nn.Linear(16, 5, bias=False), 3, 5)
+    stack = CircuitStack(
+        CircuitTask(bottom, feature_pool=_pool2),
+        CircuitTask(top, num_classes=3),
+        layerwise=(1,),
+    )
+    g = torch.Generator().manual_seed(6)
+    data = TensorDataset(torch.rand(8, 1, 6, 6, generator=g), torch.arange(8) % 3)
+    return stack, data
+
+
+def _pool2(y):
+    return nn.functional.avg_pool2d(y, 2).flatten(1)
+
+
+def _train_layerwise(batch_size):
+    stack, data = _layerwise_setup()
+    trainer = Trainer(
+        stack,
+        epochs=2,
+        batch_size=batch_size,
+        shuffle=False,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        progress=False,
+        find_unused_parameters=True,  # the resting layer gets no gradient
+    )
+    trainer.fit(data)
+    return {k: v.clone() for k, v in stack.state_dict().items()}
+
+
 def _worker(rank, world_size, folder):
     # one start-up of the processes for every case here: starting them is the
     # slow part of these tests
     return {
+        "layerwise": _train_layerwise(batch_size=4),
         "step": _step_worker(rank, world_size),
         "queue": {
             mark: _queue_run(rank, mark, f"{folder}/{mark}") for mark in (True, False)
@@ -77,6 +113,23 @@ def test_two_process_step_equals_one_process_step(two_processes):
         fresh.state_dict()["circuit.encoders.0.weight"],
         single["circuit.encoders.0.weight"],
     )
+
+
+def test_layerwise_training_is_the_same_on_two_processes(two_processes):
+    # greedy layer-wise: the bottom learns in epoch 1, the top in epoch 2, and
+    # the layer that rests has no gradient on either process
+    single = _train_layerwise(batch_size=8)
+    for by_case in two_processes:
+        for key, value in single.items():
+            torch.testing.assert_close(
+                by_case["layerwise"][key], value, rtol=1e-5, atol=1e-6
+            )
+    fresh, _ = _layerwise_setup()
+    for key in (
+        "layers.0.circuit.competitor.weight",
+        "layers.1.circuit.encoders.0.weight",
+    ):
+        assert not torch.equal(fresh.state_dict()[key], single[key])
 
 
 # ------------------------------------------------------- per-process SwaV queues

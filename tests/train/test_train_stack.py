@@ -103,3 +103,106 @@ def test_the_trainer_trains_a_stack_and_both_layers_move():
         "layers.0.circuit.competitor.weight",
         "layers.1.circuit.competitor.weight",
     } <= moved
+
+
+# ---------------------------------------------------------- greedy layer-wise
+def _whitened_stack(**kwargs) -> CircuitStack:
+    from pynsm.arch import RunningWhitening
+
+    torch.manual_seed(0)
+    bottom = SimilarityMatching(
+        nn.Conv2d(1, 4, 3, bias=False), 4, iteration_projection=torch.relu
+    )
+    head = SupervisedSimilarityMatching(
+        nn.Linear(36, 5, bias=False), 3, 5, regularization=("weight", "weight")
+    )
+    pool = nn.Sequential(
+        nn.AvgPool2d(2), nn.Flatten(), RunningWhitening(36, update_every=1, warmup=0)
+    )
+    return CircuitStack(
+        CircuitTask(bottom, feature_pool=pool),
+        CircuitTask(head, num_classes=3),
+        **kwargs,
+    )
+
+
+def _grads(stack: CircuitStack) -> list[bool]:
+    """Whether each layer's parameters got a gradient."""
+    return [
+        any(p.grad is not None for p in layer.circuit.parameters())
+        for layer in stack.layers
+    ]
+
+
+def test_layerwise_only_the_learning_layer_gets_gradients():
+    stack = _whitened_stack(layerwise=(2,))
+    batch = _batch()
+    stack.on_epoch_start(0, 4)
+    stack.training_loss(batch).backward()
+    assert _grads(stack) == [True, False]
+    assert stack.layers[0].feature_pool[2].num_batches_tracked == 0  # not run
+    stack.zero_grad(set_to_none=True)
+    stack.on_epoch_start(2, 4)
+    loss = stack.training_loss(batch)
+    loss.backward()
+    assert _grads(stack) == [False, True]
+    # the loss is the head's alone, at its fixed point on the pooled bottom output
+    x, labels = batch
+    bottom, head = (layer.circuit for layer in stack.layers)
+    h = stack.layers[0].feature_pool.eval()(bottom(x))
+    onehot = nn.functional.one_hot(labels, 3).float()
+    torch.testing.assert_close(loss, head.loss(h, onehot, head(h, onehot)))
+    assert set(stack.step_metrics()) == {"residual"}
+
+
+def test_layerwise_resets_the_pool_statistics_when_the_next_layer_starts():
+    stack = _whitened_stack(layerwise=(1,))
+    white = stack.layers[0].feature_pool[2]
+    batch = _batch()
+    stack.on_epoch_start(0, 3)
+    stack.training_loss(batch)
+    stack.on_epoch_start(1, 3)  # the head's first epoch: estimates start afresh
+    assert white.num_batches_tracked == 0
+    assert torch.equal(white.whitening, torch.eye(36))
+    stack.training_loss(batch)
+    stack.training_loss(batch)
+    stack.on_epoch_start(2, 3)  # later epochs (or a resume there) keep them
+    assert white.num_batches_tracked == 2
+
+
+def test_layerwise_is_checked():
+    stack = _stack()
+    bottom, top = stack.layers
+    with pytest.raises(ValueError, match=r"one entry per layer but the last \(1\)"):
+        CircuitStack(bottom, top, layerwise=(1, 1))
+    with pytest.raises(ValueError, match=r"layerwise\[0\] must be >= 1"):
+        CircuitStack(bottom, top, layerwise=(0,))
+    with pytest.raises(TypeError, match=r"layerwise\[0\] must be an int"):
+        CircuitStack(bottom, top, layerwise=(1.5,))
+    with pytest.raises(TypeError, match="layerwise must be a sequence"):
+        CircuitStack(bottom, top, layerwise=2)
+    phased = CircuitStack(bottom, top, layerwise=(2,))
+    with pytest.raises(ValueError, match="num_epochs must be more than that, got 2"):
+        phased.on_epoch_start(0, 2)
+
+
+def test_the_trainer_trains_the_layers_one_after_the_other():
+    stack = _whitened_stack(layerwise=(1,))
+    x, labels = _batch()
+    data = torch.utils.data.TensorDataset(x.repeat(4, 1, 1, 1), labels.repeat(4))
+    names = ("layers.0.circuit.competitor.weight", "layers.1.circuit.competitor.weight")
+    snapshots = [[stack.state_dict()[name].clone() for name in names]]
+
+    def snapshot(task):
+        snapshots.append([task.state_dict()[name].clone() for name in names])
+        return {}
+
+    trainer = Trainer(
+        stack, lr=0.01, epochs=3, batch_size=6, progress=False, epoch_metrics=snapshot
+    )
+    trainer.fit(data)
+    moved = [
+        [not torch.equal(after, before) for before, after in zip(old, new)]
+        for old, new in zip(snapshots, snapshots[1:])
+    ]
+    assert moved == [[True, False], [False, True], [False, True]]
