@@ -437,7 +437,7 @@ def _stacked_supervised_sm(channels: int, side: int, classes: int) -> nn.Module:
     # whitened output, read out by its label reconstruction as on the digits.
     # Whitening makes the reconstruction a regression of the label on the
     # features instead of a principal-component regression (docs/mnist.md:
-    # 93.1% -> 98.5%); a batch of 100 cannot whiten 3,200 numbers, so the
+    # 93.1% -> 98.6%); a batch of 100 cannot whiten 3,200 numbers, so the
     # whitening is estimated over all batches seen (RunningWhitening). The
     # layers learn one after the other (LAYERWISE_EPOCHS): the whitening and the
     # circuit's Hebbian averages then describe the trained detectors only
