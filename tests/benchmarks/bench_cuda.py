@@ -42,14 +42,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "benchmarks")]
 
 from peer import PEER_DIR, start_peer  # noqa: E402
 
-from pynsm.arch import SimilarityMatching  # noqa: E402
 from pynsm.train.task import fixed_point_residual  # noqa: E402
 
 CASES_FILE = ROOT / ".bench" / "cases.pt"
@@ -293,14 +291,17 @@ def part_circuits(args) -> None:
 
 
 # ------------------------------------------------------------------------ epoch
-PEER_EPOCH = """
+# the same source runs under pynsm 1.0.1 and under this library (a subprocess each)
+EPOCH_SOURCE = """
 import sys
 images = torch.load(sys.argv[1])
+settings = eval(sys.argv[2])  # {} or this library's solver settings
 from pynsm import SimilarityMatching
 def epoch():
     torch.manual_seed(0)
-    circuit = SimilarityMatching(nn.Conv2d(1, 50, 6), 50, tau=0.1, max_iterations=40,
-                                 iteration_projection=torch.relu).to(DEVICE)
+    kwargs = dict(tau=0.1, max_iterations=40, iteration_projection=torch.relu)
+    kwargs.update(settings)
+    circuit = SimilarityMatching(nn.Conv2d(1, 50, 6), 50, **kwargs).to(DEVICE)
     optimizer = torch.optim.SGD(circuit.parameters(), lr=0.05)
     sync()
     start = time.perf_counter()
@@ -324,39 +325,23 @@ def part_epoch(args, blob) -> None:
         images = images[:500]
     path = ROOT / ".bench" / "epoch_images.pt"
     torch.save(images, path)
-    source = TIMING_SOURCE.format(device=device) + PEER_EPOCH.replace(
+    source = TIMING_SOURCE.format(device=device) + EPOCH_SOURCE.replace(
         "REPEAT", str(args.repeat_epoch)
     )
-    env = {**os.environ, "PYTHONPATH": str(PEER_DIR)}
-    done = subprocess.run(
-        [sys.executable, "-c", source, str(path)],
-        env=env, capture_output=True, text=True, cwd="/tmp",
-    )  # fmt: skip
-    if done.returncode != 0:
-        print(done.stderr)
-    peer_s = float(done.stdout.split()[-1])
 
-    def ours(**settings) -> float:
-        torch.manual_seed(0)
-        kwargs = {"tau": 0.1, "max_iterations": 40, "iteration_projection": torch.relu}
-        circuit = SimilarityMatching(nn.Conv2d(1, 50, 6), 50, **kwargs | settings)
-        circuit.to(device)
-        optimizer = torch.optim.SGD(circuit.parameters(), lr=0.05)
-        sync(device)
-        start = time.perf_counter()
-        for x in images.split(100):
-            y = circuit(x)
-            loss = circuit.loss(x, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        sync(device)
-        return time.perf_counter() - start
+    def epoch_seconds(library: Path, settings: str) -> float:
+        env = {**os.environ, "PYTHONPATH": str(library)}
+        done = subprocess.run(
+            [sys.executable, "-c", source, str(path), settings],
+            env=env, capture_output=True, text=True, cwd="/tmp",
+        )  # fmt: skip
+        if done.returncode != 0:
+            print(done.stderr)
+        return float(done.stdout.split()[-1])
 
-    ours()
-    gradient_s = min(ours() for _ in range(args.repeat_epoch))
-    ours(solver="accelerated", tol=1e-4)
-    fast_s = min(ours(solver="accelerated", tol=1e-4) for _ in range(args.repeat_epoch))
+    peer_s = epoch_seconds(PEER_DIR, "{}")
+    gradient_s = epoch_seconds(ROOT, "{}")
+    fast_s = epoch_seconds(ROOT, "{'solver': 'accelerated', 'tol': 1e-4}")
     RESULTS["epoch"] = {
         "images": len(images),
         "peer_s": peer_s,
@@ -372,40 +357,6 @@ def part_epoch(args, blob) -> None:
 
 
 # ----------------------------------------------------------------------- solver
-def solver_circuit(weight, projection, solver, tol, iterations, device):
-    circuit = SimilarityMatching(
-        nn.Identity(),
-        weight.shape[0],
-        tol=tol,
-        max_iterations=iterations,
-        iteration_projection=projection,
-        solver=solver,
-    ).double()
-    with torch.no_grad():
-        circuit.competitor.weight.copy_(weight)
-    return circuit.to(device)
-
-
-def residual(circuit, y, b) -> float:
-    return float(fixed_point_residual(circuit, y, [b]))
-
-
-def gradient_steps(b, weight, projection, device, cap=20000) -> dict:
-    circuit = solver_circuit(weight, projection, "gradient", 0.0, cap, device)
-    needed: dict = {}
-
-    def watch(module):
-        value = residual(module, module.y, b)
-        for tol in TOLS:
-            if tol not in needed and value <= tol:
-                needed[tol] = module.iteration_idx + 1
-        return len(needed) == len(TOLS)
-
-    circuit.register_iteration_hook("iteration", watch)
-    circuit(b)
-    return needed
-
-
 def principal_pivoting(weight, b, rounds=30):
     """Exact solution of `min 1/2 y^T M y - b^T y, y >= 0` for every column of
     `b` `[N, C]`, by block principal pivoting (Judice & Pires): guess the free
@@ -447,7 +398,13 @@ def factorisation_time(device, count, size, repeat) -> float:
 
 
 def part_solver(args, blob) -> None:
-    from bench_fixed_point import case_dense, spectrum
+    from bench_fixed_point import (
+        case_dense,
+        gradient_iterations,
+        residual,
+        solver_circuit,
+        spectrum,
+    )
 
     device = args.device
     cases = {
@@ -464,7 +421,7 @@ def part_solver(args, blob) -> None:
     for name, (b, weight, projection) in cases.items():
         b, weight = b.to(device), weight.to(device)
         print(f"{name}: b {tuple(b.shape)}, {spectrum(weight.cpu())}", flush=True)
-        needed = gradient_steps(b, weight, projection, device)
+        needed = gradient_iterations(b, weight, projection, TOLS, device=device)
         for tol in TOLS:
             plain = solver_circuit(
                 weight, projection, "gradient", 0.0, needed[tol], device

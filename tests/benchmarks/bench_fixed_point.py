@@ -150,7 +150,9 @@ def case_dense(low: float, high: float, relu: bool):
 
 
 # ------------------------------------------------------------------- measuring
-def solver_circuit(weight, projection, solver, tol, iterations) -> SimilarityMatching:
+def solver_circuit(
+    weight, projection, solver, tol, iterations, device="cpu"
+) -> SimilarityMatching:
     """A circuit with the identity as encoder: `forward(b)` is the inner solve."""
     circuit = SimilarityMatching(
         nn.Identity(),
@@ -162,16 +164,16 @@ def solver_circuit(weight, projection, solver, tol, iterations) -> SimilarityMat
     ).double()
     with torch.no_grad():
         circuit.competitor.weight.copy_(weight)
-    return circuit
+    return circuit.to(device)
 
 
 def residual(circuit, y, b) -> float:
     return float(fixed_point_residual(circuit, y, [b]))
 
 
-def gradient_iterations(b, weight, projection, tols, cap=20000) -> dict:
+def gradient_iterations(b, weight, projection, tols, cap=20000, device="cpu") -> dict:
     """The fewest plain steps that reach each tolerance (one run, with a hook)."""
-    circuit = solver_circuit(weight, projection, "gradient", 0.0, cap)
+    circuit = solver_circuit(weight, projection, "gradient", 0.0, cap, device)
     needed: dict = {}
 
     def watch(module):

@@ -25,10 +25,10 @@ def _setup():
     return CircuitTask(circuit, num_classes=3), data
 
 
-def _train(task, data, batch_size):
+def _train(task, data, batch_size, **settings):
     trainer = Trainer(
         task,
-        epochs=1,
+        **{"epochs": 1, **settings},
         batch_size=batch_size,
         shuffle=False,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
@@ -66,16 +66,8 @@ def _pool2(y):
 
 def _train_layerwise(batch_size):
     stack, data = _layerwise_setup()
-    trainer = Trainer(
-        stack,
-        epochs=2,
-        batch_size=batch_size,
-        shuffle=False,
-        optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-        progress=False,
-        find_unused_parameters=True,  # the resting layer gets no gradient
-    )
-    trainer.fit(data)
+    # the resting layer gets no gradient
+    _train(stack, data, batch_size, epochs=2, find_unused_parameters=True)
     return {k: v.clone() for k, v in stack.state_dict().items()}
 
 
