@@ -106,10 +106,13 @@ class CircuitStack(nn.Module):
         #: The layer that learns (``None``: all of them); set by ``on_epoch_start``.
         self.learning_layer: int | None = None if self.layerwise is None else 0
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_epoch_start(self, epoch: int, num_epochs: int | None) -> None:
         """Greedy layer-wise training: choose the layer that learns in ``epoch``
         and, on the first epoch of its phase, reset the statistics of the pool
         below it (no effect when ``layerwise`` is ``None``).
+
+        ``num_epochs`` below 0 or ``None`` means no set end (Lightning with
+        ``max_steps`` only).
 
         Raises:
             ValueError: ``num_epochs`` leaves no epoch for the last layer.
@@ -119,7 +122,7 @@ class CircuitStack(nn.Module):
         starts = [0]
         for count in self.layerwise:
             starts.append(starts[-1] + count)
-        if num_epochs <= starts[-1]:
+        if num_epochs is not None and 0 <= num_epochs <= starts[-1]:
             raise ValueError(
                 f"layerwise={list(self.layerwise)} trains the layers below the top "
                 f"for {starts[-1]} epochs: num_epochs must be more than that, got "

@@ -95,3 +95,31 @@ def test_lightning_shares_validation_and_logs_step_metrics():
     trainer = _fit(module, loader, max_steps=2)
     assert "residual" in trainer.callback_metrics  # CircuitTask.step_metrics()
     assert float(trainer.callback_metrics["residual"]) >= 0
+
+
+def test_a_layerwise_stack_learns_layer_by_layer_through_lightning():
+    from pynsm.arch import SupervisedSimilarityMatching
+    from pynsm.train import CircuitStack
+
+    torch.manual_seed(0)
+    bottom = SimilarityMatching(nn.Linear(6, 4), 4, iteration_projection=torch.relu)
+    top = SupervisedSimilarityMatching(nn.Linear(4, 3), 2, 3)
+    stack = CircuitStack(
+        CircuitTask(bottom), CircuitTask(top, num_classes=2), layerwise=(1,)
+    )
+    x, labels = torch.randn(16, 6), torch.arange(16) % 2
+    loader = DataLoader(TensorDataset(x, labels), batch_size=8, shuffle=False)
+    before = {k: v.clone() for k, v in stack.state_dict().items()}
+    trainer = lightning.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(ValueError, match="num_epochs must be more than that"):
+        trainer.fit(to_lightning(stack, lr=0.05), loader)  # no epoch for the top
+    _fit(to_lightning(stack, lr=0.05), loader, max_steps=2)  # epoch 0 only
+    moved = {k for k, v in stack.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("layers.0.") for k in moved)
