@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from pynsm.cli.recipes import LARGE_MODELS, LAYERWISE_EPOCHS, MODELS, select_recipe
 from pynsm.train import CircuitStack, CircuitTask
@@ -110,7 +111,17 @@ def test_supervised_large_recipe_whitens_and_averages_its_hebbian_terms():
     spec = LARGE_MODELS["supervised-sm"]
     task = spec.build(1, 28, 10)
     whitening = [m for m in task.modules() if isinstance(m, RunningWhitening)]
-    assert len(whitening) == 1 and whitening[0].num_features == 3200
+    # 4x4 averages and maxima of the 50 detectors' 23x23 maps: 2 x 50 x 6 x 6
+    assert len(whitening) == 1 and whitening[0].num_features == 3600
+    strokes = task.layers[0]
+    maps = strokes.circuit(torch.rand(2, 1, 28, 28))
+    pooled = strokes.feature_pool[0](maps)
+    torch.testing.assert_close(
+        pooled[:, :50], nn.functional.avg_pool2d(maps, 4, 4, ceil_mode=True)
+    )
+    torch.testing.assert_close(
+        pooled[:, 50:], nn.functional.max_pool2d(maps, 4, 4, ceil_mode=True)
+    )
     # the whitening sits between the stroke detectors and the supervised circuit
     assert whitening[0] is task.layers[0].feature_pool[-1]
     # the layers learn one after the other: the stroke detectors first (the
