@@ -348,18 +348,6 @@ class _LocalCentering(nn.Module):
         return (x - local_mean) * self.scale
 
 
-class _GridAveragePool:
-    """Readout of a convolutional circuit: its output averaged over ``size x size``
-    blocks (the last, partial block included), ``[B, C, ceil(H/size),
-    ceil(W/size)]``. A plain object, not a module: it has no weights."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.avg_pool2d(y, self.size, self.size, ceil_mode=True)
-
-
 class _AverageAndMaxPool(nn.Module):
     """Readout of a convolutional circuit: the averages and the maxima of its
     output over ``size x size`` blocks (the last, partial block included), side by
@@ -373,17 +361,6 @@ class _AverageAndMaxPool(nn.Module):
         average = nn.functional.avg_pool2d(y, self.size, self.size, ceil_mode=True)
         maximum = nn.functional.max_pool2d(y, self.size, self.size, ceil_mode=True)
         return torch.cat([average, maximum], dim=1)
-
-
-class _MaxPool:
-    """Readout of a convolutional circuit: its output max-pooled in ``size x
-    size`` windows every ``stride`` pixels. A plain object, not a module."""
-
-    def __init__(self, size: int, stride: int | None = None, ceil: bool = True) -> None:
-        self.size, self.stride, self.ceil = size, stride or size, ceil
-
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.max_pool2d(y, self.size, self.stride, ceil_mode=self.ceil)
 
 
 #: Kernel (and centring window) of the convolutional circuit for large images.
@@ -415,7 +392,7 @@ def _centred_conv_circuit(
     )
 
 
-def _stroke_detectors(channels: int, pool: nn.Module | Callable) -> nn.Module:
+def _stroke_detectors(channels: int, pool: nn.Module) -> nn.Module:
     """pynsm 1.0.1's demo circuit (50 channels, 6x6 kernel, ReLU) on centred
     input, read out by ``pool``: it learns stroke detectors (docs/mnist.md shows
     them)."""
@@ -436,11 +413,9 @@ def _conv_nsm(channels: int, side: int, classes: int) -> nn.Module:
     # positions ([100, 4, 4] = 1,600 numbers). The second layer's trained units
     # are sparse and selective, so a max-pool reads "this part is present here";
     # at random init they are dense and the same max-pool reads noise
-    strokes = _stroke_detectors(channels, _MaxPool(2))
+    strokes = _stroke_detectors(channels, nn.MaxPool2d(2, ceil_mode=True))
     parts = _centred_conv_circuit(50, 100, 4, scale=0.16)
-    return CircuitStack(
-        strokes, CircuitTask(parts, feature_pool=_MaxPool(3, 2, ceil=False))
-    )
+    return CircuitStack(strokes, CircuitTask(parts, feature_pool=nn.MaxPool2d(3, 2)))
 
 
 def _stacked_supervised_sm(channels: int, side: int, classes: int) -> nn.Module:
