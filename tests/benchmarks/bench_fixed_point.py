@@ -3,7 +3,8 @@
 Run from the repository root (one thread: the machine is shared):
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/benchmarks/bench_fixed_point.py \
-        [--part speed|training|all] [--repeat N] [--mnist-images N]
+        [--part speed|curves|training|all] [--repeat N] [--mnist-images N] \
+        [--figure PATH]
 
 **speed** -- for each case the inner problem (`M`, the drive `b = sum_k W_k x_k`, the
 projection) is fixed, in float64, and solved by a circuit whose encoder is the
@@ -23,6 +24,11 @@ best of `--repeat` is kept. Cases:
   with condition 9 (`[0.2, 1.8]`) and 40 (`[0.045, 1.8]`), `b` standard normal,
   with and without ReLU. The spectra are centred on 1, where step 1 is the best
   plain step: the gradient solver gets its best case.
+
+**curves** -- the residual-against-time curve of both solvers on the same cases:
+the time and the residual reached for a sweep of tolerances from 1e-1 to 1e-10
+(`"gradient"`: just enough steps for each, timed as above), printed and drawn
+into `--figure` (the figure of docs/benchmarks.md; needs matplotlib).
 
 **training** -- the same training run with each solver: the digits recipes
 (`supervised-sm`: test accuracy of `predict`; `sm`: final loss and residual) and
@@ -197,10 +203,10 @@ def best_time(fn, repeat: int) -> float:
     return best
 
 
-def measure_case(name, b, weight, projection, repeat) -> list[dict]:
-    needed = gradient_iterations(b, weight, projection, TOLS)
+def measure_case(name, b, weight, projection, repeat, tols=TOLS) -> list[dict]:
+    needed = gradient_iterations(b, weight, projection, tols)
     rows = []
-    for tol in TOLS:
+    for tol in tols:
         plain = solver_circuit(weight, projection, "gradient", 0.0, needed[tol])
         fast = solver_circuit(weight, projection, "accelerated", tol, 20000)
         times = {"gradient": math.inf, "accelerated": math.inf}
@@ -228,9 +234,9 @@ def spectrum(weight) -> str:
     return f"eig(M) in [{eig[0]:.3f}, {eig[-1]:.3f}], condition {eig[-1] / eig[0]:.1f}"
 
 
-def part_speed(args) -> None:
-    start = time.perf_counter()
-    cases = {
+def build_cases(args) -> dict:
+    """The inner problems (a)-(c), by name: `(b, M, projection)`."""
+    return {
         "(a) supervised-sm, digits": case_supervised_digits(args.digits_epochs),
         "(b) conv demo, MNIST": case_conv_demo(args.mnist_images),
         "(c) dense, condition 9": case_dense(0.2, 1.8, False),
@@ -238,6 +244,11 @@ def part_speed(args) -> None:
         "(c) dense, condition 40": case_dense(0.045, 1.8, False),
         "(c) dense, condition 40, ReLU": case_dense(0.045, 1.8, True),
     }
+
+
+def part_speed(args) -> None:
+    start = time.perf_counter()
+    cases = build_cases(args)
     print(f"cases built in {time.perf_counter() - start:.0f} s")
     rows = []
     for name, (b, weight, projection) in cases.items():
@@ -271,6 +282,65 @@ def part_speed(args) -> None:
         f"\nat residual {TARGET:.0e}: smallest speed-up {min(ratios):.2f}x, "
         f"geometric mean {geometric:.2f}x"
     )
+
+
+#: the tolerances of the curves: 1e-1, 10^-1.5, ..., 1e-10
+CURVE_TOLS = tuple(10 ** (-k / 2) for k in range(2, 21))
+
+
+def part_curves(args) -> None:
+    """Residual against time of both solvers on every case, printed and drawn."""
+    cases = build_cases(args)
+    curves = {}
+    print("| case | solver | steps | time | residual |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, (b, weight, projection) in cases.items():
+        rows = measure_case(name, b, weight, projection, args.repeat, CURVE_TOLS)
+        curves[name] = rows
+        for row in rows:
+            for solver in ("gradient", "accelerated"):
+                print(
+                    f"| {name} | {solver} | {row[solver + '_iterations']} | "
+                    f"{row[solver + '_s'] * 1e3:.2f} ms | "
+                    f"{row[solver + '_residual']:.1e} |"
+                )
+        print(flush=True)
+    if args.figure is not None:
+        draw_curves(curves, args.figure)
+        print(f"figure written to {args.figure}")
+
+
+def draw_curves(curves: dict, path: Path) -> None:
+    """One panel per case: residual (log) against milliseconds, both solvers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # text as text (a smaller SVG), no date or random ids (a reproducible file)
+    matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "pynsm"})
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 3, figsize=(11, 6.4), constrained_layout=True)
+    for axis, (name, rows) in zip(axes.flat, curves.items()):
+        for solver, style in (("gradient", "o-"), ("accelerated", "s-")):
+            # the best time for each residual reached (a larger tol may land lower)
+            points = sorted(
+                (row[solver + "_s"] * 1e3, max(row[solver + "_residual"], 1e-16))
+                for row in rows
+            )
+            axis.plot(*zip(*points), style, markersize=3, label=solver)
+        axis.axhline(TARGET, color="grey", linewidth=0.6, linestyle=":")
+        axis.set_yscale("log")
+        axis.set_xlim(left=0)
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("time (ms)")
+        axis.set_ylabel("relative fixed-point residual")
+        axis.legend(fontsize=8)
+    figure.suptitle(
+        f"Time to the fixed point, float64, one CPU thread, torch {torch.__version__}"
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, metadata={"Date": None})
+    plt.close(figure)
 
 
 def part_training(args) -> None:
@@ -333,7 +403,9 @@ def part_training(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("speed", "training", "all"), default="all")
+    parser.add_argument(
+        "--part", choices=("speed", "curves", "training", "all"), default="all"
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--digits-epochs", type=int, default=20)
     parser.add_argument("--recipe-epochs", type=int, default=20)
@@ -346,9 +418,17 @@ def main() -> None:
         action="store_false",
         help="training part: only the conv demo",
     )
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=None,
+        help="curves part: draw the curves into this file (.svg or .png)",
+    )
     args = parser.parse_args()
     if args.part in ("speed", "all"):
         part_speed(args)
+    if args.part in ("curves", "all"):
+        part_curves(args)
     if args.part in ("training", "all"):
         part_training(args)
 
