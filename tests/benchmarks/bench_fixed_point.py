@@ -5,6 +5,8 @@ Run from the repository root (one thread: the machine is shared):
     OMP_NUM_THREADS=1 .venv/bin/python tests/benchmarks/bench_fixed_point.py \
         [--part speed|curves|training|all] [--repeat N] [--mnist-images N] \
         [--figure PATH]
+    OMP_NUM_THREADS=1 .venv/bin/python tests/benchmarks/bench_fixed_point.py \
+        --part mnist-sm --solver accelerated|gradient [--json PATH]
 
 **speed** -- for each case the inner problem (`M`, the drive `b = sum_k W_k x_k`, the
 projection) is fixed, in float64, and solved by a circuit whose encoder is the
@@ -33,6 +35,13 @@ into `--figure` (the figure of docs/benchmarks.md; needs matplotlib).
 **training** -- the same training run with each solver: the digits recipes
 (`supervised-sm`: test accuracy of `predict`; `sm`: final loss and residual) and
 one epoch of the conv demo on MNIST (seconds, loss, residual).
+
+**mnist-sm** (not part of `all`: about 10 minutes a solver) -- `pynsm train --model
+sm --dataset mnist` (real MNIST in `.data`, its defaults, seed 0) with the inner
+solver of both its circuits as the recipe has it (`--solver accelerated`: tolerance
+1e-3) or as pynsm 1.0.1 has it (`--solver gradient`: 40 plain steps, no
+tolerance); the command's own report (times, readouts against random init and
+pixels). Run the two side by side, one per core, to compare their times.
 """
 
 from __future__ import annotations
@@ -343,6 +352,28 @@ def draw_curves(curves: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def part_mnist_sm(args) -> int:
+    """The MNIST `sm` recipe with its circuits' inner solver set by `--solver`."""
+    import pynsm.cli.recipes as recipes
+    from pynsm.cli import main as pynsm_main
+
+    build = recipes._centred_conv_circuit
+
+    def with_solver(*build_args, **build_kwargs):
+        circuit = build(*build_args, **build_kwargs)
+        if args.solver == "gradient":  # pynsm 1.0.1's fixed count
+            circuit.solver, circuit.tol, circuit.max_iterations = "gradient", 0.0, 40
+        return circuit
+
+    recipes._centred_conv_circuit = with_solver
+    command = ["train", "--model", "sm", "--dataset", "mnist", "--data-dir"]
+    command += [str(ROOT / ".data"), "--no-progress"]
+    if args.json is not None:
+        command += ["--json", str(args.json)]
+    print(f"inner solver: {args.solver}", flush=True)
+    return pynsm_main(command)
+
+
 def part_training(args) -> None:
     from pynsm.data import load_digits
 
@@ -404,7 +435,18 @@ def part_training(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--part", choices=("speed", "curves", "training", "all"), default="all"
+        "--part",
+        choices=("speed", "curves", "training", "all", "mnist-sm"),
+        default="all",
+    )
+    parser.add_argument(
+        "--solver",
+        choices=("accelerated", "gradient"),
+        default="accelerated",
+        help="mnist-sm part: the inner solver of the recipe's circuits",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="mnist-sm part: write the metrics here"
     )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--digits-epochs", type=int, default=20)
@@ -425,6 +467,8 @@ def main() -> None:
         help="curves part: draw the curves into this file (.svg or .png)",
     )
     args = parser.parse_args()
+    if args.part == "mnist-sm":
+        sys.exit(part_mnist_sm(args))
     if args.part in ("speed", "all"):
         part_speed(args)
     if args.part in ("curves", "all"):
