@@ -6,7 +6,8 @@ Run from the repository root (one thread: the machine is shared):
         [--part speed|curves|training|all] [--repeat N] [--mnist-images N] \
         [--figure PATH]
     OMP_NUM_THREADS=1 .venv/bin/python tests/benchmarks/bench_fixed_point.py \
-        --part mnist-sm --solver accelerated|gradient [--json PATH]
+        --part mnist --model sm|supervised-sm --solver accelerated|gradient \
+        [--json PATH]
 
 **speed** -- for each case the inner problem (`M`, the drive `b = sum_k W_k x_k`, the
 projection) is fixed, in float64, and solved by a circuit whose encoder is the
@@ -36,10 +37,11 @@ into `--figure` (the figure of docs/benchmarks.md; needs matplotlib).
 (`supervised-sm`: test accuracy of `predict`; `sm`: final loss and residual) and
 one epoch of the conv demo on MNIST (seconds, loss, residual).
 
-**mnist-sm** (not part of `all`: about 10 minutes a solver) -- `pynsm train --model
-sm --dataset mnist` (real MNIST in `.data`, its defaults, seed 0) with the inner
-solver of both its circuits as the recipe has it (`--solver accelerated`: tolerance
-1e-3) or as pynsm 1.0.1 has it (`--solver gradient`: 40 plain steps, no
+**mnist** (not part of `all`: 10-15 minutes a run) -- `pynsm train --model MODEL
+--dataset mnist` (real MNIST in `.data`, the large recipe's defaults, seed 0) with
+the inner solver of its circuits as the recipe has it (`--solver accelerated`) or
+as pynsm 1.0.1 has it (`--solver gradient`: plain steps, each circuit's own
+`max_iterations` -- 40 for the conv circuits, 60 for the supervised one -- and no
 tolerance); the command's own report (times, readouts against random init and
 pixels). Run the two side by side, one per core, to compare their times.
 """
@@ -352,25 +354,31 @@ def draw_curves(curves: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def part_mnist_sm(args) -> int:
-    """The MNIST `sm` recipe with its circuits' inner solver set by `--solver`."""
-    import pynsm.cli.recipes as recipes
+def part_mnist(args) -> int:
+    """A circuit recipe of `pynsm train` on MNIST, its circuits' inner solver set by
+    `--solver`: as the recipe has it, or plain steps without a tolerance."""
+    import dataclasses
+
+    from pynsm.arch.similarity import MultiSimilarityMatching
     from pynsm.cli import main as pynsm_main
+    from pynsm.cli import recipes
 
-    build = recipes._centred_conv_circuit
+    spec = recipes.LARGE_MODELS[args.model]
 
-    def with_solver(*build_args, **build_kwargs):
-        circuit = build(*build_args, **build_kwargs)
-        if args.solver == "gradient":  # pynsm 1.0.1's fixed count
-            circuit.solver, circuit.tol, circuit.max_iterations = "gradient", 0.0, 40
-        return circuit
+    def build(*build_args):
+        task = spec.build(*build_args)
+        if args.solver == "gradient":  # each circuit's own cap as a fixed count
+            for module in task.modules():
+                if isinstance(module, MultiSimilarityMatching):
+                    module.solver, module.tol = "gradient", 0.0
+        return task
 
-    recipes._centred_conv_circuit = with_solver
-    command = ["train", "--model", "sm", "--dataset", "mnist", "--data-dir"]
+    recipes.LARGE_MODELS[args.model] = dataclasses.replace(spec, build=build)
+    command = ["train", "--model", args.model, "--dataset", "mnist", "--data-dir"]
     command += [str(ROOT / ".data"), "--no-progress"]
     if args.json is not None:
         command += ["--json", str(args.json)]
-    print(f"inner solver: {args.solver}", flush=True)
+    print(f"{args.model}, inner solver: {args.solver}", flush=True)
     return pynsm_main(command)
 
 
@@ -436,17 +444,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--part",
-        choices=("speed", "curves", "training", "all", "mnist-sm"),
+        choices=("speed", "curves", "training", "all", "mnist"),
         default="all",
     )
     parser.add_argument(
         "--solver",
         choices=("accelerated", "gradient"),
         default="accelerated",
-        help="mnist-sm part: the inner solver of the recipe's circuits",
+        help="mnist part: the inner solver of the recipe's circuits",
     )
     parser.add_argument(
-        "--json", type=Path, default=None, help="mnist-sm part: write the metrics here"
+        "--model",
+        choices=("sm", "supervised-sm"),
+        default="sm",
+        help="mnist part: the circuit recipe",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="mnist part: write the metrics here"
     )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--digits-epochs", type=int, default=20)
@@ -467,8 +481,8 @@ def main() -> None:
         help="curves part: draw the curves into this file (.svg or .png)",
     )
     args = parser.parse_args()
-    if args.part == "mnist-sm":
-        sys.exit(part_mnist_sm(args))
+    if args.part == "mnist":
+        sys.exit(part_mnist(args))
     if args.part in ("speed", "all"):
         part_speed(args)
     if args.part in ("curves", "all"):
