@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from pynsm.train.task import CircuitTask
+from pynsm.validation import check_int
 
 __all__ = ["CircuitStack"]
 
@@ -119,9 +121,7 @@ class CircuitStack(nn.Module):
         """
         if self.layerwise is None:
             return
-        starts = [0]
-        for count in self.layerwise:
-            starts.append(starts[-1] + count)
+        starts = [0, *itertools.accumulate(self.layerwise)]
         if num_epochs is not None and 0 <= num_epochs <= starts[-1]:
             raise ValueError(
                 f"layerwise={list(self.layerwise)} trains the layers below the top "
@@ -215,14 +215,10 @@ def _check_layerwise(
             f"layerwise needs one entry per layer but the last ({num_layers - 1}), "
             f"got {len(layerwise)}"
         )
-    for index, count in enumerate(layerwise):
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(
-                f"layerwise[{index}] must be an int, got {type(count).__name__}"
-            )
-        if count < 1:
-            raise ValueError(f"layerwise[{index}] must be >= 1, got {count}")
-    return tuple(layerwise)
+    return tuple(
+        check_int(f"layerwise[{index}]", count, minimum=1)
+        for index, count in enumerate(layerwise)
+    )
 
 
 def _reset_pool_stats(layer: CircuitTask) -> None:

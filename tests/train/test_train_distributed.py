@@ -25,10 +25,11 @@ def _setup():
     return CircuitTask(circuit, num_classes=3), data
 
 
-def _train(task, data, batch_size, **settings):
+def _train(task, data, batch_size, epochs=1, **settings):
     trainer = Trainer(
         task,
-        **{"epochs": 1, **settings},
+        epochs=epochs,
+        **settings,
         batch_size=batch_size,
         shuffle=False,
         optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
